@@ -1,0 +1,584 @@
+"""The CI regression gate: compare a candidate's results with a baseline's, cell by cell.
+
+``benchbed gate BASELINE_DIR CANDIDATE_DIR`` matches cells by ``config_key`` (the configuration,
+never the run id) and gives every cell × metric one verdict:
+
+- deterministic metrics (``tokens_to_target, steps_to_target, final_val_loss``): on the CPU a fixed
+  seed reproduces them, so seed by seed they must be equal within a stated tolerance; a worse value
+  is a regression, a better one an improvement. On other devices (non-deterministic kernels) they
+  are judged like noisy metrics.
+- noisy metrics (``time_to_target_s, tokens_per_s, energy_to_target_j, peak_mem_bytes``): a
+  regression only when the ratio of medians passes a threshold (5% time, 10% memory by default)
+  *and* a one-sided Mann-Whitney U test over seeds and repeats gives p < 0.01, as asv does
+  (ratio threshold plus a significance test) and PyTorch's dashboard argues (one noisy sample is
+  not a regression). A ratio over the threshold without significance is "suspicious". The exact
+  test cannot reach p < 0.01 with fewer than 5 samples per side (the smallest p with 4 and 4 is
+  1/70), so fewer samples give "insufficient_data", which fails only under ``--strict``.
+- ``reached``: a configuration that reached its target before and does not now is a regression.
+
+Verdicts: ``ok, regression, suspicious, improvement, insufficient_data, not_measured`` (both sides
+NaN: a metric this machine cannot measure). Exit code 1 on any regression, 0 otherwise, 2 on bad
+input. Mann & Whitney 1947, "On a test of whether one of two random variables is stochastically
+larger than the other".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from benchbed import stats
+
+PROG = "benchbed gate"
+
+VERDICTS = ("regression", "insufficient_data", "suspicious", "improvement", "ok", "not_measured")
+
+#: metric -> (kind, smaller_is_better, threshold option name)
+NOISY_METRICS: dict[str, tuple[bool, str]] = {
+    "time_to_target_s": (True, "time_threshold"),
+    "tokens_per_s": (False, "throughput_threshold"),
+    "energy_to_target_j": (True, "energy_threshold"),
+    "peak_mem_bytes": (True, "memory_threshold"),
+}
+DETERMINISTIC_METRICS: dict[str, tuple[bool, str]] = {
+    "tokens_to_target": (True, "count_rtol"),
+    "steps_to_target": (True, "count_rtol"),
+    "final_val_loss": (True, "loss_rtol"),
+}
+
+DEFAULTS = {
+    "time_threshold": 0.05,
+    "throughput_threshold": 0.05,
+    "energy_threshold": 0.05,
+    "memory_threshold": 0.10,
+    # a non-deterministic device's "deterministic" metrics are judged with this threshold
+    "nondeterministic_threshold": 0.05,
+    "alpha": 0.01,
+    "min_samples": 5,
+    "count_rtol": 0.0,  # tokens and steps are integers: a fixed seed on the CPU reproduces them
+    "loss_rtol": 1e-4,  # float reductions may differ in the last bits between builds
+}
+
+#: devices whose fixed-seed runs are reproducible (deterministic kernels)
+DETERMINISTIC_DEVICES = ("cpu",)
+
+COMPARE_COLUMNS = [
+    "workload",
+    "device",
+    "variant",
+    "config_key",
+    "metric",
+    "kind",
+    "baseline_value",
+    "candidate_value",
+    "ratio",
+    "threshold",
+    "p_value",
+    "n_baseline",
+    "n_candidate",
+    "verdict",
+    "note",
+]
+
+
+class GateInputError(Exception):
+    """Bad input; the message is the one line printed after ``benchbed gate: ``."""
+
+
+# -- single comparisons -----------------------------------------------------------------------
+
+
+def _noisy_verdict(
+    base: np.ndarray,
+    cand: np.ndarray,
+    smaller_is_better: bool,
+    threshold: float,
+    alpha: float,
+    min_samples: int,
+) -> dict:
+    """Verdict for one noisy metric from the two samples (NaN dropped, +inf = did not reach)."""
+    out = {"p_value": math.nan, "ratio": math.nan, "note": ""}
+    out["baseline_value"] = stats.median(base)
+    out["candidate_value"] = stats.median(cand)
+    if base.size == 0 and cand.size == 0:
+        return {**out, "verdict": "not_measured", "note": "NaN on both sides"}
+    if base.size == 0 or cand.size == 0:
+        side = "baseline" if base.size == 0 else "candidate"
+        return {**out, "verdict": "not_measured", "note": f"not measured in the {side}"}
+    if np.isinf(base).all() and np.isinf(cand).all():
+        return {**out, "verdict": "not_measured", "note": "target reached on neither side"}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = float(np.float64(out["candidate_value"]) / np.float64(out["baseline_value"]))
+    out["ratio"] = ratio
+    # "worse" means slower / hungrier: ratio above 1+t, or below 1/(1+t) for larger-is-better
+    limit = 1.0 + threshold
+    worse = ratio > limit if smaller_is_better else ratio < 1.0 / limit
+    better = ratio < 1.0 / limit if smaller_is_better else ratio > limit
+    if base.size < min_samples or cand.size < min_samples:
+        note = f"{min(base.size, cand.size)} samples on one side; the test needs {min_samples} to reach p < {alpha:g}"
+        return {**out, "verdict": "insufficient_data", "note": note}
+    worse_alternative = "greater" if smaller_is_better else "less"
+    better_alternative = "less" if smaller_is_better else "greater"
+    p_worse = float(mannwhitneyu(cand, base, alternative=worse_alternative).pvalue)
+    p_better = float(mannwhitneyu(cand, base, alternative=better_alternative).pvalue)
+    if worse:
+        out["p_value"] = p_worse
+        if p_worse < alpha:
+            return {**out, "verdict": "regression"}
+        return {
+            **out,
+            "verdict": "suspicious",
+            "note": f"over the threshold but p = {p_worse:.3g} >= {alpha:g}",
+        }
+    if better and p_better < alpha:
+        return {**out, "p_value": p_better, "verdict": "improvement"}
+    return {**out, "p_value": p_worse, "verdict": "ok"}
+
+
+def _per_seed_medians(cells: pd.DataFrame, metric: str) -> pd.Series:
+    """The metric per seed (median over repeats); unreached = +inf for to-target metrics."""
+    seeds = cells["seed"] if "seed" in cells.columns else pd.Series(0, index=cells.index)
+    values = pd.to_numeric(cells[metric], errors="coerce").astype(float) if metric in cells.columns else None
+    if values is None:
+        return pd.Series(dtype=float)
+    if metric in stats.TO_TARGET_METRICS:
+        values = values.where(stats.reached_mask(cells), np.inf)
+    frame = pd.DataFrame({"seed": seeds.to_numpy(), "value": values.to_numpy()}).dropna()
+    return frame.groupby("seed")["value"].agg(stats.median)
+
+
+def _deterministic_verdict(
+    base_cells: pd.DataFrame, cand_cells: pd.DataFrame, metric: str, smaller_is_better: bool, rtol: float
+) -> dict:
+    """Seed-by-seed equality within ``rtol``; the worst seed decides."""
+    base = _per_seed_medians(base_cells, metric)
+    cand = _per_seed_medians(cand_cells, metric)
+    out = {
+        "baseline_value": stats.median(base.to_numpy()),
+        "candidate_value": stats.median(cand.to_numpy()),
+        "p_value": math.nan,
+        "ratio": math.nan,
+        "note": "",
+    }
+    common = base.index.intersection(cand.index)
+    if base.empty and cand.empty:
+        return {**out, "verdict": "not_measured", "note": "NaN on both sides"}
+    if len(common) == 0:
+        return {**out, "verdict": "not_measured", "note": "no seed measured on both sides"}
+    b = base.loc[common].to_numpy(dtype=np.float64)
+    c = cand.loc[common].to_numpy(dtype=np.float64)
+    if np.isinf(b).all() and np.isinf(c).all():
+        return {**out, "verdict": "not_measured", "note": "target reached on neither side"}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ratio"] = float(np.float64(stats.median(c)) / np.float64(stats.median(b)))
+        both_inf = np.isinf(b) & np.isinf(c)
+        difference = np.where(both_inf, 0.0, c - b)
+        tolerance = rtol * np.abs(np.where(np.isinf(b), 0.0, b))
+    if not smaller_is_better:
+        difference = -difference
+    worse = difference > tolerance
+    better = difference < -tolerance
+    seeds = [str(seed) for seed in common]
+    if worse.any():
+        changed = ", ".join(seeds[i] for i in np.flatnonzero(worse))
+        return {**out, "verdict": "regression", "note": f"worse beyond rtol {rtol:g} for seed(s) {changed}"}
+    if better.any():
+        changed = ", ".join(seeds[i] for i in np.flatnonzero(better))
+        return {**out, "verdict": "improvement", "note": f"better beyond rtol {rtol:g} for seed(s) {changed}"}
+    return {**out, "verdict": "ok", "note": f"equal within rtol {rtol:g} on {len(common)} seed(s)"}
+
+
+def _reached_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame, deterministic: bool) -> dict:
+    """Reached before and not now = regression (and the reverse an improvement)."""
+    base_reached = stats.reached_mask(base_cells)
+    cand_reached = stats.reached_mask(cand_cells)
+    base_fraction = float(base_reached.mean()) if len(base_cells) else math.nan
+    cand_fraction = float(cand_reached.mean()) if len(cand_cells) else math.nan
+    base_ok = 2 * int(base_reached.sum()) >= len(base_cells) and base_reached.any()
+    cand_ok = 2 * int(cand_reached.sum()) >= len(cand_cells) and cand_reached.any()
+    out = {
+        "baseline_value": base_fraction,
+        "candidate_value": cand_fraction,
+        "ratio": math.nan,
+        "p_value": math.nan,
+        "note": f"fraction of cells that reached: {base_fraction:.2f} -> {cand_fraction:.2f}",
+    }
+    if base_ok and not cand_ok:
+        return {**out, "verdict": "regression"}
+    if deterministic and "seed" in base_cells.columns and "seed" in cand_cells.columns:
+        # a fixed seed on a deterministic device that reached every time before must still reach
+        base_by_seed = base_reached.groupby(base_cells["seed"]).all()
+        cand_by_seed = cand_reached.groupby(cand_cells["seed"]).all()
+        common = base_by_seed.index.intersection(cand_by_seed.index)
+        lost = [str(seed) for seed in common if base_by_seed[seed] and not cand_by_seed[seed]]
+        if lost:
+            return {
+                **out,
+                "verdict": "regression",
+                "note": out["note"] + f"; seed(s) {', '.join(lost)} stopped reaching",
+            }
+    if cand_ok and not base_ok:
+        return {**out, "verdict": "improvement"}
+    return {**out, "verdict": "ok"}
+
+
+# -- the table-level comparison ---------------------------------------------------------------
+
+
+def compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame, **thresholds) -> pd.DataFrame:
+    """Compare two cells tables; one row per matched configuration × metric with its verdict.
+
+    Cells are matched by ``config_key``; seeds and repeats of one configuration are the samples.
+    Keyword options (defaults in ``DEFAULTS``): ``time_threshold=0.05, throughput_threshold=0.05,
+    energy_threshold=0.05, memory_threshold=0.10`` (relative change of the median that counts),
+    ``alpha=0.01`` (Mann-Whitney significance), ``min_samples=5`` (per side), ``count_rtol=0.0`` and
+    ``loss_rtol=1e-4`` (deterministic tolerances), ``nondeterministic_threshold=0.05``.
+
+    Columns (``COMPARE_COLUMNS``): ``workload, device, variant, config_key, metric, kind``
+    (``reached | deterministic | noisy``), ``baseline_value, candidate_value`` (medians; for
+    ``reached`` the fraction of cells that reached), ``ratio`` (candidate / baseline), ``threshold,
+    p_value, n_baseline, n_candidate, verdict, note``. Configurations present on only one side are
+    not compared (see ``unmatched``). Raises ValueError on an unknown option or missing column.
+    """
+    unknown = sorted(set(thresholds) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"compare: unknown option(s) {', '.join(unknown)}")
+    options = {**DEFAULTS, **thresholds}
+    for name, table in (("baseline", baseline_cells), ("candidate", candidate_cells)):
+        if "config_key" not in table.columns:
+            raise ValueError(f"{name} cells: config_key: column missing")
+    common = sorted(set(baseline_cells["config_key"].dropna()) & set(candidate_cells["config_key"].dropna()))
+    rows = []
+    for config_key in common:
+        base = baseline_cells[baseline_cells["config_key"] == config_key]
+        cand = candidate_cells[candidate_cells["config_key"] == config_key]
+        first = cand.iloc[0]
+        device = str(first.get("device", ""))
+        label = {
+            "workload": first.get("workload"),
+            "device": device,
+            "variant": first.get("variant", first.get("techniques")),
+            "config_key": config_key,
+        }
+        deterministic = device.split(":")[0] in DETERMINISTIC_DEVICES
+        counts = {"n_baseline": len(base), "n_candidate": len(cand)}
+        rows.append(
+            {**label, "metric": "reached", "kind": "reached", "threshold": math.nan, **counts}
+            | _reached_verdict(base, cand, deterministic)
+        )
+        for metric, (smaller_is_better, option) in DETERMINISTIC_METRICS.items():
+            if deterministic:
+                verdict = _deterministic_verdict(base, cand, metric, smaller_is_better, options[option])
+                rows.append(
+                    {
+                        **label,
+                        "metric": metric,
+                        "kind": "deterministic",
+                        "threshold": options[option],
+                        **counts,
+                    }
+                    | verdict
+                )
+            else:
+                b, c = stats.metric_samples(base, metric), stats.metric_samples(cand, metric)
+                threshold = options["nondeterministic_threshold"]
+                verdict = _noisy_verdict(
+                    b, c, smaller_is_better, threshold, options["alpha"], options["min_samples"]
+                )
+                rows.append(
+                    {**label, "metric": metric, "kind": "noisy", "threshold": threshold}
+                    | {"n_baseline": b.size, "n_candidate": c.size}
+                    | verdict
+                )
+        for metric, (smaller_is_better, option) in NOISY_METRICS.items():
+            b, c = stats.metric_samples(base, metric), stats.metric_samples(cand, metric)
+            verdict = _noisy_verdict(
+                b, c, smaller_is_better, options[option], options["alpha"], options["min_samples"]
+            )
+            rows.append(
+                {**label, "metric": metric, "kind": "noisy", "threshold": options[option]}
+                | {"n_baseline": b.size, "n_candidate": c.size}
+                | verdict
+            )
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def unmatched(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> dict[str, list[str]]:
+    """config_keys present on only one side: ``{"baseline_only": [...], "candidate_only": [...]}``."""
+    base = set(baseline_cells["config_key"].dropna())
+    cand = set(candidate_cells["config_key"].dropna())
+    return {"baseline_only": sorted(base - cand), "candidate_only": sorted(cand - base)}
+
+
+def failed(comparison: pd.DataFrame, *, strict: bool = False) -> bool:
+    """True when the gate fails: any regression, or (``strict``) any insufficient data."""
+    verdicts = set(comparison["verdict"])
+    return "regression" in verdicts or (strict and "insufficient_data" in verdicts)
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _format_value(value, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "NaN"
+    if isinstance(value, float) and math.isinf(value):
+        return "not reached" if value > 0 else "-inf"
+    if metric == "reached":
+        return f"{value:.0%}"
+    if metric == "peak_mem_bytes":
+        return f"{value / 2**20:.1f} MiB"
+    if metric in ("tokens_to_target", "steps_to_target"):
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = "benchbed gate") -> str:
+    """A pull-request comment: a one-line verdict, counts, then the table (problems first)."""
+    counts = comparison["verdict"].value_counts()
+    status = "FAIL" if failed(comparison, strict=strict) else "PASS"
+    summary = ", ".join(f"{int(counts[v])} {v}" for v in VERDICTS if v in counts.index)
+    lines = [
+        f"### {title}: {status}",
+        "",
+        f"{comparison['config_key'].nunique()} configurations compared: {summary}.",
+    ]
+    if "insufficient_data" in counts.index and not strict:
+        lines.append(
+            "Insufficient data does not fail the gate without `--strict`; run more seeds or `--repeat`."
+        )
+    lines += [
+        "",
+        "| workload | device | variant | metric | baseline | candidate | ratio | p | verdict | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {verdict: i for i, verdict in enumerate(VERDICTS)}
+    ordered = comparison.assign(_order=comparison["verdict"].map(order)).sort_values(
+        ["_order", "workload", "device", "variant", "metric"], kind="stable"
+    )
+    for row in ordered.itertuples(index=False):
+        ratio = "" if math.isnan(row.ratio) else f"{row.ratio:.3f}"
+        p_value = "" if math.isnan(row.p_value) else f"{row.p_value:.3g}"
+        verdict = f"**{row.verdict}**" if row.verdict in ("regression", "suspicious") else row.verdict
+        note = str(row.note).replace("|", "/")
+        lines.append(
+            f"| {row.workload} | {row.device} | {row.variant} | {row.metric} | "
+            f"{_format_value(row.baseline_value, row.metric)} | {_format_value(row.candidate_value, row.metric)} | "
+            f"{ratio} | {p_value} | {verdict} | {note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _json_number(value):
+    if value is None:
+        return None
+    value = float(value)
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def to_json(comparison: pd.DataFrame, *, strict: bool = False, extra: dict | None = None) -> dict:
+    """The report as a JSON-ready dict: ``failed``, verdict counts and one record per row
+    (NaN as null, +inf as the string "inf")."""
+    records = []
+    for row in comparison.to_dict(orient="records"):
+        for key in ("baseline_value", "candidate_value", "ratio", "threshold", "p_value"):
+            row[key] = _json_number(row[key])
+        row["n_baseline"] = int(row["n_baseline"])
+        row["n_candidate"] = int(row["n_candidate"])
+        records.append(row)
+    report = {
+        "failed": failed(comparison, strict=strict),
+        "strict": strict,
+        "counts": {str(k): int(v) for k, v in comparison["verdict"].value_counts().items()},
+        "rows": records,
+    }
+    return {**report, **(extra or {})}
+
+
+#: github-action-benchmark units of the metrics it tracks (smaller is better for all of them)
+BENCHMARK_UNITS = {
+    "time_to_target_s": "s",
+    "energy_to_target_j": "J",
+    "peak_mem_bytes": "bytes",
+    "tokens_to_target": "tokens",
+    "steps_to_target": "steps",
+    "final_val_loss": "nats/token",
+}
+
+
+def to_benchmark_action(comparison: pd.DataFrame) -> list[dict]:
+    """github-action-benchmark ``customSmallerIsBetter`` entries of the candidate's medians.
+
+    Only smaller-is-better metrics appear (tokens/s would read inverted); values that are NaN or
+    infinite (not measured, not reached) are left out, since the format has no such value.
+    """
+    entries = []
+    for row in comparison.itertuples(index=False):
+        if row.metric not in BENCHMARK_UNITS:
+            continue
+        value = float(row.candidate_value)
+        if not math.isfinite(value):
+            continue
+        entries.append(
+            {
+                "name": f"{row.workload}/{row.device}/{row.variant} {row.metric}",
+                "unit": BENCHMARK_UNITS[row.metric],
+                "value": value,
+                "extra": f"baseline {_format_value(row.baseline_value, row.metric)}; verdict {row.verdict}",
+            }
+        )
+    return entries
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def load_cells(directory: str | Path) -> pd.DataFrame:
+    """The cells table of one results directory; GateInputError naming the directory if unusable."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise GateInputError(f"{path}: directory does not exist")
+    if not (path / "cells.parquet").is_file():
+        raise GateInputError(f"{path / 'cells.parquet'}: file missing (not a benchbed results directory)")
+    try:
+        from benchbed import store
+
+        cells = store.load(path).cells
+    except GateInputError:
+        raise
+    except Exception as error:  # the store's own message names the file and field
+        raise GateInputError(f"{path}: {error}") from error
+    if "config_key" not in cells.columns:
+        raise GateInputError(f"{path / 'cells.parquet'}: config_key: column missing")
+    if cells.empty:
+        raise GateInputError(f"{path / 'cells.parquet'}: no cells")
+    return cells
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compare a candidate's results with a baseline's; exit 1 on a regression.",
+        epilog="Exit codes: 0 no regression, 1 regression (or insufficient data under --strict), 2 bad input.",
+    )
+    parser.add_argument("baseline_dir", help="results directory of the baseline (e.g. main)")
+    parser.add_argument("candidate_dir", help="results directory of the candidate (e.g. the pull request)")
+    parser.add_argument(
+        "--time-threshold",
+        type=float,
+        default=DEFAULTS["time_threshold"],
+        help="relative slowdown of time-to-target that counts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--throughput-threshold",
+        type=float,
+        default=DEFAULTS["throughput_threshold"],
+        help="relative drop of tokens/s that counts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--energy-threshold",
+        type=float,
+        default=DEFAULTS["energy_threshold"],
+        help="relative growth of energy-to-target that counts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-threshold",
+        type=float,
+        default=DEFAULTS["memory_threshold"],
+        help="relative growth of peak memory that counts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULTS["alpha"],
+        help="significance level of the one-sided Mann-Whitney U test (default %(default)s)",
+    )
+    parser.add_argument(
+        "--min-samples",
+        type=int,
+        default=DEFAULTS["min_samples"],
+        help="samples per side below which the verdict is insufficient_data (default %(default)s)",
+    )
+    parser.add_argument(
+        "--loss-rtol",
+        type=float,
+        default=DEFAULTS["loss_rtol"],
+        help="relative tolerance of final_val_loss for a fixed seed on the CPU (default %(default)s)",
+    )
+    parser.add_argument("--strict", action="store_true", help="insufficient data fails the gate")
+    parser.add_argument(
+        "--markdown", metavar="FILE", help="write the markdown table here instead of printing it"
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    parser.add_argument(
+        "--benchmark-action", metavar="FILE", help="write github-action-benchmark customSmallerIsBetter JSON"
+    )
+    return parser
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        baseline_cells = load_cells(args.baseline_dir)
+        candidate_cells = load_cells(args.candidate_dir)
+        thresholds = {
+            "time_threshold": args.time_threshold,
+            "throughput_threshold": args.throughput_threshold,
+            "energy_threshold": args.energy_threshold,
+            "memory_threshold": args.memory_threshold,
+            "alpha": args.alpha,
+            "min_samples": args.min_samples,
+            "loss_rtol": args.loss_rtol,
+        }
+        for name, value in thresholds.items():
+            if not (value >= 0 and math.isfinite(value)):
+                raise GateInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
+        comparison = compare(baseline_cells, candidate_cells, **thresholds)
+        if comparison.empty:
+            raise GateInputError(
+                f"{args.candidate_dir}: no cells in common with {args.baseline_dir} (matched by config_key)"
+            )
+    except GateInputError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
+    markdown = to_markdown(comparison, strict=args.strict)
+    missing = unmatched(baseline_cells, candidate_cells)
+    if missing["baseline_only"] or missing["candidate_only"]:
+        markdown += (
+            f"\nNot compared: {len(missing['baseline_only'])} configuration(s) only in the baseline, "
+            f"{len(missing['candidate_only'])} only in the candidate.\n"
+        )
+    if args.markdown:
+        Path(args.markdown).write_text(markdown)
+    else:
+        print(markdown, end="")
+    if args.json:
+        report = to_json(
+            comparison,
+            strict=args.strict,
+            extra={
+                "baseline_dir": str(args.baseline_dir),
+                "candidate_dir": str(args.candidate_dir),
+                "thresholds": thresholds,
+                "unmatched": missing,
+            },
+        )
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if args.benchmark_action:
+        Path(args.benchmark_action).write_text(json.dumps(to_benchmark_action(comparison), indent=2) + "\n")
+    return 1 if failed(comparison, strict=args.strict) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_main())
