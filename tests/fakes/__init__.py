@@ -1,0 +1,1 @@
+"""Fake device libraries for the telemetry tests (replace NVML at the library boundary only)."""
