@@ -1,0 +1,527 @@
+"""`benchbed report DIR... --html FILE`: one self-contained HTML page with the dashboard's figures and tables.
+
+Also the read side the dashboard shares: `load_for_display` reads each results directory on its own so
+one empty directory, corrupt Parquet file or foreign schema version becomes one error line naming the
+file while every other directory is still shown. Rankings, confidence intervals and verdicts come
+from `benchbed.stats` and `benchbed.gate`; nothing here ranks cells itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import importlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchbed import figures
+
+TABLES = ("cells", "curves", "telemetry")
+KERNELS_FILE = "kernels.parquet"
+
+
+@dataclasses.dataclass
+class DisplayResults:
+    """The tables of every directory that loaded, plus one error line per file that did not."""
+
+    cells: pd.DataFrame
+    curves: pd.DataFrame
+    telemetry: pd.DataFrame
+    runs: pd.DataFrame
+    kernels: pd.DataFrame
+    errors: list[str]
+
+
+def _optional_module(name: str):
+    """A sibling module that may not exist yet in a partial install; None when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        # a sibling being written at the same time may import a module that is not there yet
+        return None
+
+
+def _first_unreadable_file(directory: Path) -> str | None:
+    """Name the file that breaks a directory: the first table or run.json that does not parse."""
+    import pyarrow.parquet as pq
+
+    for table in TABLES:
+        path = directory / f"{table}.parquet"
+        if not path.exists():
+            return f"{path}: missing"
+        try:
+            pq.read_metadata(path)
+        except Exception as exc:  # noqa: BLE001 -- any parse failure is reported, not raised
+            return f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})"
+    run_json = directory / "run.json"
+    if not run_json.exists():
+        return f"{run_json}: missing"
+    try:
+        json.loads(run_json.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{run_json}: not valid JSON ({exc})"
+    return None
+
+
+def _read_dir_directly(directory: Path) -> dict[str, pd.DataFrame]:
+    """The contract's files read with pandas, used only while `benchbed.store` is not installed."""
+    run = json.loads((directory / "run.json").read_text())
+    frames = {table: pd.read_parquet(directory / f"{table}.parquet") for table in TABLES}
+    frames["runs"] = pd.DataFrame(
+        [
+            {
+                "dir": str(directory),
+                "run_id": run.get("run_id"),
+                "scenario": run.get("scenario"),
+                "schema_version": run.get("schema_version"),
+                "started_at": run.get("started_at"),
+                "finished_at": run.get("finished_at"),
+            }
+        ]
+    )
+    return frames
+
+
+def _load_one(directory: Path) -> dict[str, pd.DataFrame]:
+    store = _optional_module("benchbed.store")
+    if store is None or not hasattr(store, "load"):
+        return _read_dir_directly(directory)
+    results = store.load(directory)
+    frames = {table: getattr(results, table) for table in TABLES}
+    frames["runs"] = results.runs
+    return frames
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+def _current_schema_version() -> int | None:
+    store = _optional_module("benchbed.store")
+    version = getattr(store, "SCHEMA_VERSION", None) if store is not None else None
+    return int(version) if version is not None else None
+
+
+def load_for_display(dirs: list[str] | tuple[str, ...]) -> DisplayResults:
+    """Load every directory that can be loaded; each one that cannot adds one error line naming the file.
+
+    A directory holding only kernels.parquet (from `benchbed kernels bench`) contributes kernels only.
+    Cell ids that repeat across directories are prefixed with their run id so curves stay attached
+    to the right cell."""
+    per_dir: list[tuple[Path, dict[str, pd.DataFrame]]] = []
+    kernels: list[pd.DataFrame] = []
+    errors: list[str] = []
+    for raw in dirs:
+        directory = Path(raw)
+        if not directory.is_dir():
+            errors.append(f"{directory}: not a directory")
+            continue
+        kernels_path = directory / KERNELS_FILE
+        if kernels_path.exists():
+            try:
+                kernels.append(pd.read_parquet(kernels_path).assign(source_dir=str(directory)))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{kernels_path}: not a readable Parquet file ({type(exc).__name__}: {exc})")
+        has_results = any((directory / name).exists() for name in ("cells.parquet", "run.json"))
+        if not has_results:
+            if not kernels_path.exists():
+                errors.append(f"{directory}: empty results directory (no cells.parquet, no run.json)")
+            continue
+        try:
+            frames = _load_one(directory)
+        except Exception as exc:  # noqa: BLE001 -- one bad directory must not hide the others
+            culprit = _first_unreadable_file(directory)
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if culprit and culprit.split(":")[0] not in message:
+                message = f"{culprit} [{message}]"
+            elif str(directory) not in message:
+                message = f"{directory}: {message}"
+            errors.append(message)
+            continue
+        per_dir.append((directory, frames))
+
+    # Mixed schema versions: keep the version this benchbed writes (or the newest seen) and name the others.
+    versions = {d: _schema_version(f["runs"]) for d, f in per_dir}
+    known = [v for v in versions.values() if v is not None]
+    wanted = _current_schema_version() or (max(known) if known else None)
+    kept: list[tuple[Path, dict[str, pd.DataFrame]]] = []
+    for directory, frames in per_dir:
+        version = versions[directory]
+        if wanted is not None and version is not None and version != wanted:
+            errors.append(
+                f"{directory / 'run.json'}: schema_version {version} differs from {wanted}, "
+                "the version read here; directory not shown"
+            )
+            continue
+        kept.append((directory, frames))
+
+    seen_ids: set[str] = set()
+    tables: dict[str, list[pd.DataFrame]] = {t: [] for t in (*TABLES, "runs")}
+    for directory, frames in kept:
+        cells = frames["cells"]
+        ids = set(cells["cell_id"].astype(str)) if "cell_id" in cells else set()
+        if ids & seen_ids:
+            run_id = str(frames["runs"]["run_id"].iloc[0]) if len(frames["runs"]) else directory.name
+            frames = {
+                t: (f.assign(cell_id=run_id + "/" + f["cell_id"].astype(str)) if "cell_id" in f else f)
+                for t, f in frames.items()
+            }
+            ids = {f"{run_id}/{i}" for i in ids}
+        seen_ids |= ids
+        for table, frame in frames.items():
+            tables[table].append(frame)
+
+    def concat(table: str, columns: list[str]) -> pd.DataFrame:
+        parts = [f for f in tables[table] if len(f.columns)]
+        return pd.concat(parts, ignore_index=True) if parts else _empty(columns)
+
+    return DisplayResults(
+        cells=concat(
+            "cells", ["run_id", "cell_id", "workload", "variant", "techniques", "device", "scenario"]
+        ),
+        curves=concat("curves", ["cell_id", "step", "tokens", "train_time_s", "energy_j", "val_loss"]),
+        telemetry=concat("telemetry", ["cell_id", "t_s"]),
+        runs=concat("runs", ["dir", "run_id", "scenario", "schema_version"]),
+        kernels=pd.concat(kernels, ignore_index=True) if kernels else _empty(["op", "backend", "shape"]),
+        errors=errors,
+    )
+
+
+def _schema_version(runs: pd.DataFrame) -> int | None:
+    if "schema_version" not in runs or runs["schema_version"].isna().all():
+        return None
+    try:
+        return int(runs["schema_version"].dropna().iloc[0])
+    except (TypeError, ValueError):
+        return None
+
+
+# -- adapters to benchbed.stats / benchbed.gate ------------------------------------------------------
+
+
+class StatsUnavailable(RuntimeError):
+    """benchbed.stats or benchbed.gate (or the function asked for) is not installed."""
+
+
+def _stats_function(module: str, name: str):
+    mod = _optional_module(module)
+    function = getattr(mod, name, None) if mod is not None else None
+    if function is None:
+        raise StatsUnavailable(f"{module}.{name} is not available in this installation")
+    return function
+
+
+def technique_categories(techniques: str) -> list[str]:
+    """Survey categories of a `+`-joined techniques string; 'unregistered' for unknown names."""
+    registry = _technique_registry()
+    names = [t for t in str(techniques).split("+") if t]
+    return sorted({registry[n].category if n in registry else "unregistered" for n in names})
+
+
+_REGISTRY_CACHE: dict = {}
+
+
+def _technique_registry() -> dict:
+    if not _REGISTRY_CACHE:
+        techniques = _optional_module("benchbed.techniques")
+        _REGISTRY_CACHE.update(getattr(techniques, "REGISTRY", {}) if techniques else {})
+    return _REGISTRY_CACHE
+
+
+def filter_cells(
+    cells: pd.DataFrame,
+    workloads: list[str] | None = None,
+    devices: list[str] | None = None,
+    scenarios: list[str] | None = None,
+    categories: list[str] | None = None,
+) -> pd.DataFrame:
+    """Cells matching every non-empty filter. A technique-category filter keeps a cell when any of its
+    techniques is in a chosen category, and always keeps baseline cells so speedups stay defined."""
+    keep = pd.Series(True, index=cells.index)
+    for column, chosen in (("workload", workloads), ("device", devices), ("scenario", scenarios)):
+        if chosen and column in cells:
+            keep &= cells[column].isin(chosen)
+    if categories and "techniques" in cells:
+        wanted = set(categories)
+        by_techniques = {t: bool(wanted & set(technique_categories(t))) for t in cells["techniques"].unique()}
+        matches = cells["techniques"].map(by_techniques)
+        if "is_baseline" in cells:
+            matches |= cells["is_baseline"].fillna(False).astype(bool)
+        keep &= matches
+    return cells[keep]
+
+
+def leaderboard(cells: pd.DataFrame, rank_by: str) -> pd.DataFrame:
+    """The statistics module's leaderboard, unchanged in order."""
+    return _stats_function("benchbed.stats", "leaderboard")(cells, rank_by=rank_by)
+
+
+def variant_summary(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per (workload, variant) with the medians over seeds of the Pareto metrics, from
+    `benchbed.stats.summarize`."""
+    summary = _stats_function("benchbed.stats", "summarize")(cells)
+    return normalise_summary(summary)
+
+
+def normalise_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """Map the statistics module's summary columns to plain metric names the figures use."""
+    summary = summary.reset_index() if "workload" not in summary.columns else summary
+    out = summary.copy()
+    for metric in figures.METRICS:
+        if metric in out:
+            continue
+        for candidate in (f"{metric}_median", f"median_{metric}", f"{metric}_mean", f"{metric}_estimate"):
+            if candidate in out:
+                out[metric] = out[candidate]
+                break
+    if "variant" not in out and "techniques" in out:
+        out["variant"] = out["techniques"]
+    return out
+
+
+def gate_compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame):
+    """`benchbed.gate.compare` on two runs' cells."""
+    return _stats_function("benchbed.gate", "compare")(baseline_cells, candidate_cells)
+
+
+# -- display formatting ------------------------------------------------------------------------------
+
+
+def format_value(value, column: str, reason_not_measured: str | None = None) -> str:
+    """A number for a table cell; NaN becomes 'not reached' (targets) or 'not measured', never 0."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        if reason_not_measured:
+            return "not measured"
+        return "not reached" if "to_target" in column else "not measured"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and math.isinf(value):
+        # stats encode "never reached the target" as +inf (infinitely slow)
+        return "not reached" if value > 0 else "-inf"
+    if isinstance(value, int | float):
+        if column.endswith("_bytes"):
+            return f"{value / 2**30:.3g} GiB"
+        if abs(value) >= 1e5:
+            return f"{value:,.0f}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def display_table(table: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Every float column as text, with NaN spelled out: 'not measured' where the metric family was not
+    measured on these cells (energy without a sensor), 'not reached' for targets never reached."""
+    unmeasured_energy = figures.not_measured_reason(cells, "energy_j") is not None and (
+        "energy_source" not in cells or set(cells["energy_source"].dropna()) <= {"unavailable"}
+    )
+    out = table.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column]):
+            reason = "energy" if unmeasured_energy and "energy" in column else None
+            out[column] = [format_value(v, column, reason) for v in out[column]]
+    return out
+
+
+# -- the HTML report ---------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
+       color: #1f2933; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; padding-bottom: .3rem; }
+.meta { color: #52606d; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
+th, td { border-bottom: 1px solid #e4e7eb; padding: 4px 10px; text-align: right; }
+th { background: #f5f7fa; } td:first-child, th:first-child { text-align: left; }
+.error { background: #fde8e8; border: 1px solid #f8b4b4; color: #9b1c1c; padding: .6rem 1rem;
+         border-radius: 6px; margin: .4rem 0; }
+.note { background: #eef6ff; border: 1px solid #b6d4fe; padding: .5rem 1rem; border-radius: 6px; }
+"""
+
+#: rank_by value -> section title
+REPORT_RANKINGS = {
+    "time_to_target_s": "time to target",
+    "energy_to_target_j": "energy to target",
+    "peak_mem_bytes": "peak memory",
+    "tokens_per_s": "tokens per second",
+}
+
+TELEMETRY_CELLS_IN_REPORT = 6
+CURVE_VARIANTS_IN_REPORT = 8
+ROWS_PER_TABLE_IN_REPORT = 60
+
+
+class _Page:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.plotly_js_included = False
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.add(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def error(self, text: str) -> None:
+        self.add(f'<div class="error">{html.escape(text)}</div>')
+
+    def note(self, text: str) -> None:
+        self.add(f'<div class="note">{html.escape(text)}</div>')
+
+    def table(self, frame: pd.DataFrame) -> None:
+        shown = frame.head(ROWS_PER_TABLE_IN_REPORT)
+        self.add(shown.to_html(index=False, border=0, na_rep="not measured", escape=True))
+        if len(frame) > len(shown):
+            self.note(f"{len(frame) - len(shown)} more rows not shown; the dashboard lists them all")
+
+    def figure(self, fig) -> None:
+        # plotly.js goes in once, inline, so the page works offline as a CI artifact.
+        self.add(fig.to_html(full_html=False, include_plotlyjs=not self.plotly_js_included))
+        self.plotly_js_included = True
+
+
+def _leaderboard_sections(page: _Page, cells: pd.DataFrame) -> list[str]:
+    order: list[str] = []
+    for rank_by, title in REPORT_RANKINGS.items():
+        page.heading(f"Leaderboard: {title}", 3)
+        reason = figures.not_measured_reason(cells, rank_by)
+        if reason and reason.startswith("not measured"):
+            page.note(f"{title}: {reason}")
+            continue
+        try:
+            board = leaderboard(cells, rank_by)
+        except StatsUnavailable as exc:
+            page.note(str(exc))
+            return order
+        if not order and "variant" in board:
+            order = list(dict.fromkeys(board["variant"].astype(str)))
+        page.table(display_table(board, cells))
+    return order
+
+
+def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, list[str]]:
+    """The report page and the error lines of directories or files that could not be shown."""
+    loaded = load_for_display(dirs)
+    page = _Page()
+    page.add(f"<h1>{html.escape(title)}</h1>")
+    runs = loaded.runs
+    page.add(
+        f'<p class="meta">{len(runs)} run(s), {len(loaded.cells)} cell(s), generated '
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}</p>"
+    )
+    for error in loaded.errors:
+        page.error(error)
+    if len(runs):
+        page.table(runs)
+    cells = loaded.cells
+    if len(cells):
+        page.heading("Leaderboard")
+        order = _leaderboard_sections(page, cells)
+        variants = (
+            order[:CURVE_VARIANTS_IN_REPORT]
+            or sorted(cells["variant"].astype(str).unique())[:CURVE_VARIANTS_IN_REPORT]
+        )
+
+        page.heading("Curves")
+        for axis in figures.CURVE_AXES:
+            page.figure(figures.curves_figure(loaded.curves, cells, x=axis, variants=variants))
+
+        page.heading("Pareto fronts")
+        try:
+            summary = variant_summary(cells)
+            page.figure(figures.pareto_figure(summary, "time_to_target_s", "energy_to_target_j"))
+            page.figure(figures.pareto_figure(summary, "time_to_target_s", "peak_mem_bytes"))
+        except StatsUnavailable as exc:
+            page.note(str(exc))
+
+        page.heading("Telemetry")
+        chosen = cells.head(TELEMETRY_CELLS_IN_REPORT)
+        page.figure(figures.telemetry_figure(loaded.telemetry, cell_labels(chosen)))
+        if len(cells) > len(chosen):
+            page.note(f"first {len(chosen)} cells shown; the dashboard shows any cell")
+
+        if len(runs) >= 2:
+            page.heading("Compare")
+            _compare_section(page, cells, runs)
+    if len(loaded.kernels):
+        page.heading("Kernels")
+        speedups = figures.kernel_speedups(loaded.kernels)
+        page.figure(figures.kernels_figure(speedups))
+        page.table(display_table(speedups, cells))
+    document = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(page.parts) + "\n</body></html>\n"
+    )
+    return document, loaded.errors
+
+
+def _compare_section(page: _Page, cells: pd.DataFrame, runs: pd.DataFrame) -> None:
+    baseline_id, candidate_id = str(runs["run_id"].iloc[0]), str(runs["run_id"].iloc[-1])
+    page.note(f"baseline run {baseline_id} against candidate run {candidate_id}")
+    try:
+        verdicts = gate_table(
+            gate_compare(cells[cells["run_id"] == baseline_id], cells[cells["run_id"] == candidate_id])
+        )
+    except StatsUnavailable as exc:
+        page.note(str(exc))
+        return
+    page.table(display_table(verdicts, cells))
+
+
+def gate_table(result) -> pd.DataFrame:
+    """The per-cell verdict table from whatever `benchbed.gate.compare` returns (a frame or an object
+    holding one)."""
+    if isinstance(result, pd.DataFrame):
+        return result
+    for attribute in ("table", "cells", "rows", "frame"):
+        value = getattr(result, attribute, None)
+        if isinstance(value, pd.DataFrame):
+            return value
+        if isinstance(value, list):
+            return pd.DataFrame([dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value])
+    raise StatsUnavailable(f"benchbed.gate.compare returned {type(result).__name__}, not a table")
+
+
+def cell_labels(cells: pd.DataFrame) -> dict[str, str]:
+    """cell_id -> 'workload · variant · seed N' (plus the run id when several runs are loaded)."""
+    several_runs = "run_id" in cells and cells["run_id"].nunique() > 1
+    labels = {}
+    for row in cells.itertuples(index=False):
+        label = f"{getattr(row, 'workload', '?')} · {getattr(row, 'variant', '?')} · seed {getattr(row, 'seed', '?')}"
+        if several_runs:
+            label += f" · {row.run_id}"
+        labels[str(row.cell_id)] = label
+    return labels
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="benchbed report",
+        description="Write one self-contained HTML page (plotly inlined) with the dashboard's figures and tables.",
+    )
+    parser.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="results directories written by `benchbed run`"
+    )
+    parser.add_argument("--html", required=True, metavar="FILE", help="where to write the HTML report")
+    parser.add_argument("--title", default="benchbed report", help="page title")
+    args = parser.parse_args(argv)
+    document, errors = build_html(args.dirs, title=args.title)
+    out = Path(args.html)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(document, encoding="utf-8")
+    except OSError as exc:
+        print(f"benchbed report: {out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    for error in errors:
+        print(f"benchbed report: {error}", file=sys.stderr)
+    # The page is written even with bad inputs (their errors are on it), but CI must notice them.
+    return 2 if errors else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_main(sys.argv[1:]))

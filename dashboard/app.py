@@ -1,0 +1,298 @@
+"""benchbed dashboard: rank configurations by time- and energy-to-target, and see why.
+
+Started by `benchbed dashboard DIR...`, which runs `streamlit run` on this file with the environment
+variable BENCHBED_RESULTS holding the results directories (separated by `os.pathsep`). The app only
+reads those directories. Rankings, confidence intervals and gate verdicts come from `benchbed.stats`
+and `benchbed.gate`; the figures come from `benchbed.figures`, shared with `benchbed report`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from benchbed import figures, report
+
+VIEWS = ("Leaderboard", "Curves", "Pareto", "Telemetry", "Compare", "Kernels")
+
+#: what the user picks -> rank_by passed to benchbed.stats.leaderboard
+RANKINGS = {
+    "time to target": "time_to_target_s",
+    "energy to target": "energy_to_target_j",
+    "peak memory": "peak_mem_bytes",
+    "tokens per second": "tokens_per_s",
+}
+
+MAX_TELEMETRY_CELLS = 12
+DEFAULT_CURVE_VARIANTS = 6
+VERDICT_COLOURS = {
+    "regression": "#fde8e8",
+    "suspicious": "#fff4ce",
+    "insufficient_data": "#eef2f7",
+    "improvement": "#e3f9e5",
+    "ok": "",
+    "not_measured": "#f5f5f5",
+}
+
+
+def result_dirs() -> tuple[str, ...]:
+    return tuple(path for path in os.environ.get("BENCHBED_RESULTS", "").split(os.pathsep) if path)
+
+
+def files_stamp(dirs: tuple[str, ...]) -> tuple:
+    """Size and modification time of every file the app reads: a new run invalidates the cache."""
+    stamp = []
+    for directory in dirs:
+        path = Path(directory)
+        if not path.is_dir():
+            stamp.append((directory, None))
+            continue
+        for child in sorted(path.iterdir()):
+            if child.suffix in (".parquet", ".json") and child.is_file():
+                info = child.stat()
+                stamp.append((str(child), info.st_mtime_ns, info.st_size))
+    return tuple(stamp)
+
+
+@st.cache_data(show_spinner="Reading results…", max_entries=4)
+def load(dirs: tuple[str, ...], stamp: tuple) -> report.DisplayResults:
+    return report.load_for_display(list(dirs))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def category_options(techniques: tuple[str, ...]) -> dict[str, list[str]]:
+    return {t: report.technique_categories(t) for t in techniques}
+
+
+@st.cache_data(show_spinner="Ranking…", max_entries=32)
+def cached_leaderboard(dirs: tuple[str, ...], stamp: tuple, filters: tuple, rank_by: str) -> pd.DataFrame:
+    cells = filtered_cells(load(dirs, stamp).cells, filters)
+    return report.leaderboard(cells, rank_by)
+
+
+@st.cache_data(show_spinner="Summarising…", max_entries=32)
+def cached_summary(dirs: tuple[str, ...], stamp: tuple, filters: tuple) -> pd.DataFrame:
+    return report.variant_summary(filtered_cells(load(dirs, stamp).cells, filters))
+
+
+@st.cache_data(show_spinner="Comparing runs…", max_entries=16)
+def cached_compare(dirs: tuple[str, ...], stamp: tuple, filters: tuple, base_run: str, cand_run: str):
+    cells = filtered_cells(load(dirs, stamp).cells, filters)
+    return report.gate_table(
+        report.gate_compare(cells[cells["run_id"] == base_run], cells[cells["run_id"] == cand_run])
+    )
+
+
+def filtered_cells(cells: pd.DataFrame, filters: tuple) -> pd.DataFrame:
+    workloads, devices, scenarios, categories = (list(f) for f in filters)
+    return report.filter_cells(cells, workloads, devices, scenarios, categories)
+
+
+def options(cells: pd.DataFrame, column: str) -> list[str]:
+    return sorted(cells[column].dropna().astype(str).unique()) if column in cells else []
+
+
+# -- views -------------------------------------------------------------------------------------------
+
+
+def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
+    st.subheader("Leaderboard")
+    choice = st.selectbox("Rank by", list(RANKINGS), key="rank_by")
+    rank_by = RANKINGS[choice]
+    reason = figures.not_measured_reason(cells, rank_by)
+    if reason and reason.startswith("not measured"):
+        st.warning(f"{choice}: {reason}")
+        return
+    if reason:
+        st.info(f"{choice}: {reason}; every configuration ranks as infinitely slow")
+    try:
+        board = cached_leaderboard(dirs, stamp, filters, rank_by)
+    except report.StatsUnavailable as exc:
+        st.warning(f"leaderboard unavailable: {exc}")
+        return
+    st.caption(
+        "Order and confidence intervals from benchbed.stats; a target never reached ranks as infinitely "
+        "slow; 'not measured' means this machine could not measure the metric."
+    )
+    st.dataframe(report.display_table(board, cells), hide_index=True, key="leaderboard_table")
+    plot = leaderboard_plot_columns(board, rank_by)
+    if plot is not None:
+        st.plotly_chart(figures.leaderboard_figure(*plot, label=choice), key="leaderboard_chart")
+
+
+def leaderboard_plot_columns(board: pd.DataFrame, rank_by: str):
+    """(board with row labels, value, low, high) for the bar chart, from the stats table's columns."""
+    value = next((c for c in (f"{rank_by}_median", rank_by, f"{rank_by}_estimate") if c in board), None)
+    if value is None or not pd.api.types.is_numeric_dtype(board[value]):
+        return None
+    low = next((c for c in (f"{rank_by}_ci_low", f"{rank_by}_low", "ci_low") if c in board), None)
+    high = next((c for c in (f"{rank_by}_ci_high", f"{rank_by}_high", "ci_high") if c in board), None)
+    labelled = board.copy()
+    parts = [c for c in ("workload", "variant") if c in board]
+    labelled["__row_label"] = labelled[parts].astype(str).agg(" · ".join, axis=1) if parts else board.index
+    if "is_baseline" in board:
+        labelled["__is_baseline"] = board["is_baseline"].fillna(False).astype(bool)
+    return labelled, value, low, high
+
+
+def view_curves(data, cells, *_) -> None:
+    st.subheader("Curves")
+    axis = st.radio(
+        "x axis", list(figures.CURVE_AXES), format_func=figures.CURVE_AXES.get, horizontal=True, key="curve_x"
+    )
+    variants = options(cells, "variant")
+    is_baseline = (
+        cells["is_baseline"].fillna(False).astype(bool) if "is_baseline" in cells else cells["variant"].isna()
+    )
+    baseline = options(cells[is_baseline], "variant")
+    default = (baseline + [v for v in variants if v not in baseline])[:DEFAULT_CURVE_VARIANTS]
+    chosen = st.multiselect("Variants", variants, default=default, key="curve_variants")
+    st.caption("Median over seeds; the band spans the fastest and slowest seed; dashed: the target loss.")
+    st.plotly_chart(figures.curves_figure(data.curves, cells, x=axis, variants=chosen), key="curves_chart")
+
+
+def view_pareto(data, cells, dirs, stamp, filters) -> None:
+    st.subheader("Pareto fronts")
+    st.caption(
+        "One point per configuration (median over seeds). Red: not beaten on both axes by any other "
+        "configuration of the same workload."
+    )
+    measured = []
+    for y in ("energy_to_target_j", "peak_mem_bytes"):
+        reason = figures.not_measured_reason(cells, y)
+        if reason and reason.startswith("not measured"):
+            st.warning(f"time against {figures.METRICS[y][0]}: {reason}")
+        else:
+            measured.append(y)
+    if not measured:
+        return
+    try:
+        summary = cached_summary(dirs, stamp, filters)
+    except report.StatsUnavailable as exc:
+        st.warning(f"Pareto view unavailable: {exc}")
+        return
+    for y in measured:
+        st.plotly_chart(figures.pareto_figure(summary, "time_to_target_s", y), key=f"pareto_{y}")
+
+
+def view_telemetry(data, cells, *_) -> None:
+    st.subheader("Telemetry")
+    variants = options(cells, "variant")
+    chosen = st.multiselect("Variants", variants, default=variants[:1], key="telemetry_variants")
+    picked = cells[cells["variant"].astype(str).isin(chosen)]
+    if len(picked) > MAX_TELEMETRY_CELLS:
+        st.caption(f"{len(picked)} cells match; the first {MAX_TELEMETRY_CELLS} are drawn.")
+        picked = picked.head(MAX_TELEMETRY_CELLS)
+    labels = report.cell_labels(picked)
+    st.plotly_chart(figures.telemetry_figure(data.telemetry, labels), key="telemetry_chart")
+
+
+def _colour_verdicts(frame: pd.DataFrame):
+    def colour(value):
+        background = VERDICT_COLOURS.get(str(value), "")
+        return f"background-color: {background}" if background else ""
+
+    return frame.style.map(colour)
+
+
+def view_compare(data, cells, dirs, stamp, filters) -> None:
+    st.subheader("Compare two runs")
+    runs = data.runs
+    if len(runs) < 2:
+        st.info(
+            "Load two results directories (`benchbed dashboard BASELINE_DIR CANDIDATE_DIR`) to compare runs."
+        )
+        return
+    run_ids = [str(r) for r in runs["run_id"]]
+    labels = {str(r.run_id): f"{r.run_id} ({Path(str(r.dir)).name})" for r in runs.itertuples()}
+    left, right = st.columns(2)
+    base_run = left.selectbox("Baseline run", run_ids, index=0, format_func=labels.get, key="compare_base")
+    cand_run = right.selectbox(
+        "Candidate run", run_ids, index=len(run_ids) - 1, format_func=labels.get, key="compare_cand"
+    )
+    try:
+        table = cached_compare(dirs, stamp, filters, base_run, cand_run)
+    except report.StatsUnavailable as exc:
+        st.warning(f"compare unavailable: {exc}")
+        return
+    if table.empty:
+        st.info("These runs have no configuration in common (cells are matched by config_key).")
+        return
+    counts = table["verdict"].value_counts()
+    columns = st.columns(len(VERDICT_COLOURS))
+    for column, verdict in zip(columns, VERDICT_COLOURS, strict=True):
+        column.metric(verdict.replace("_", " "), int(counts.get(verdict, 0)))
+    per_cell = table.pivot_table(
+        index=["workload", "variant"], columns="metric", values="verdict", aggfunc="first"
+    ).reset_index()
+    st.caption("Verdict of benchbed.gate per configuration and metric (the CI gate's own verdicts).")
+    st.dataframe(_colour_verdicts(per_cell), hide_index=True, key="compare_verdicts")
+    with st.expander("Every comparison with ratios, p-values and notes"):
+        st.dataframe(
+            _colour_verdicts(report.display_table(table, cells)), hide_index=True, key="compare_detail"
+        )
+
+
+def view_kernels(data, *_) -> None:
+    st.subheader("Kernels")
+    if data.kernels.empty:
+        st.info("No kernels.parquet in the loaded directories; `benchbed kernels bench` writes one.")
+        return
+    speedups = figures.kernel_speedups(data.kernels)
+    st.caption(
+        "Speedup = reference median time / backend median time, same op, shape, dtype, mode and device."
+    )
+    st.plotly_chart(figures.kernels_figure(speedups), key="kernels_chart")
+    st.dataframe(report.display_table(speedups, pd.DataFrame()), hide_index=True, key="kernels_table")
+
+
+RENDER = {
+    "Leaderboard": view_leaderboard,
+    "Curves": view_curves,
+    "Pareto": view_pareto,
+    "Telemetry": view_telemetry,
+    "Compare": view_compare,
+    "Kernels": view_kernels,
+}
+
+
+def main() -> None:
+    st.set_page_config(page_title="benchbed dashboard", layout="wide")
+    dirs = result_dirs()
+    st.sidebar.title("benchbed")
+    if not dirs:
+        st.error("No results directory given: start the app with `benchbed dashboard DIR...`.")
+        st.stop()
+    stamp = files_stamp(dirs)
+    data = load(dirs, stamp)
+    for error in data.errors:
+        st.error(error)
+    view = st.sidebar.radio("View", VIEWS, key="view")
+    cells = data.cells
+    st.sidebar.caption(f"{len(data.runs)} run(s) · {len(cells)} cell(s)")
+
+    st.sidebar.markdown("**Filters** (empty = all)")
+    workloads = st.sidebar.multiselect("Workload", options(cells, "workload"), key="filter_workload")
+    devices = st.sidebar.multiselect("Device", options(cells, "device"), key="filter_device")
+    scenarios = st.sidebar.multiselect("Scenario", options(cells, "scenario"), key="filter_scenario")
+    by_techniques = category_options(tuple(options(cells, "techniques")))
+    all_categories = sorted({c for cats in by_techniques.values() for c in cats})
+    categories = st.sidebar.multiselect(
+        "Technique category",
+        all_categories,
+        key="filter_category",
+        help="Keeps configurations using a technique of a chosen category; baselines always stay.",
+    )
+    filters = (tuple(workloads), tuple(devices), tuple(scenarios), tuple(categories))
+    shown = filtered_cells(cells, filters)
+
+    if cells.empty and view != "Kernels":
+        st.info("No cells to show: every directory given is empty or unreadable.")
+        return
+    RENDER[view](data, shown, dirs, stamp, filters)
+
+
+main()
