@@ -1,0 +1,237 @@
+"""The `benchbed` command. Exit codes: 0 ok, 1 failure or regression, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.resources
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _bad_input(message: str) -> int:
+    print(f"benchbed: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if unit == "bytes":
+        return f"{value / 2**20:.0f} MiB"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if isinstance(value, float) and value.is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.4g}" if isinstance(value, float) else str(value)
+
+
+def print_ranked_table(cells, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchbed.stats import leaderboard
+
+    board = leaderboard(cells)
+    table = Table(title=title, caption="median over seeds; '-' = target not reached (ranks last) or not measured")
+    for col in ("rank", "variant", "reached", "time to target", "tokens to target", "energy to target", "peak mem", "statuses"):
+        table.add_column(col, justify="right" if col not in ("variant", "statuses") else "left")
+    for _, r in board.iterrows():
+        energy = r.get("energy_to_target_j", math.nan)
+        table.add_row(
+            str(r["rank"]),
+            str(r["variant"]),
+            f"{r['n_reached']}/{r['n_seeds']}",
+            _fmt(r.get("time_to_target_s"), "s"),
+            _fmt(r.get("tokens_to_target")),
+            "not measured" if energy is None or (isinstance(energy, float) and math.isnan(energy)) else f"{energy:.1f} J",
+            _fmt(r.get("peak_mem_bytes"), "bytes"),
+            str(r.get("status_counts", "")),
+        )
+    Console(width=max(120, Console().width)).print(table)
+
+
+def cmd_run(args) -> int:
+    from benchbed import config, store
+    from benchbed.runner import plan, run_scenario
+
+    path = config.resolve_scenario_path(args.scenario)
+    try:
+        scenario = config.load(path, device_override=args.device, repeats_override=args.repeat)
+    except config.ScenarioError as exc:
+        return _bad_input(str(exc))
+    out_dir = Path(args.out or os.path.join("results", scenario.name))
+    if args.dry_run:
+        todo, done = plan(scenario, out_dir, only=args.only, retry_failed=args.retry_failed)
+        skip = {c.cell_id for c in done}
+        print(f"{scenario.name}: {len(todo) + len(done)} cell(s) -> {out_dir} ({len(done)} already done)")
+        for c in todo + done:
+            budget = ", ".join(
+                f"{k}={v}" for k, v in (("tokens", c.budget_tokens), ("steps", c.budget_steps), ("seconds", c.budget_seconds)) if v
+            )
+            mark = "done" if c.cell_id in skip else "todo"
+            print(
+                f"  [{mark}] {c.cell_id}  workload={c.workload} techniques={c.techniques_label} seed={c.seed} "
+                f"repeat={c.repeat} batch_size={c.batch_size} lr={c.lr:g} target={c.target_loss:g} budget({budget}) device={c.device}"
+            )
+        return EXIT_OK
+    if out_dir.exists() and not out_dir.is_dir():
+        return _bad_input(f"{out_dir}: --out: exists and is not a directory")
+    run_scenario(scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet)
+    results = store.load(out_dir)
+    cells = results.cells
+    cells = cells[cells["cell_id"].isin({c.cell_id for c in scenario.cells})]
+    print_ranked_table(cells, f"{scenario.name}: time-to-target ({out_dir})")
+    errors = int((cells["status"] == "error").sum()) if "status" in cells else 0
+    if errors:
+        print(f"benchbed: {errors} cell(s) ended in error; see the 'error' column of {out_dir / store.CELLS}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_list(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width))
+    if args.what == "techniques":
+        from benchbed.techniques import CATEGORIES, REGISTRY
+
+        table = Table(title="techniques")
+        for col in ("name", "category", "paper", "what it does"):
+            table.add_column(col)
+        for name, cls in sorted(REGISTRY.items(), key=lambda kv: (CATEGORIES.index(kv[1].category), kv[0])):
+            table.add_row(name, cls.category, cls.paper, cls.describe())
+        console.print(table)
+    elif args.what == "workloads":
+        from benchbed.workloads import WORKLOADS
+
+        table = Table(title="workloads")
+        for col in ("name", "model", "data", "batch", "budget tokens", "target loss", "description"):
+            table.add_column(col)
+        for w in WORKLOADS.values():
+            m = w.model
+            table.add_row(
+                w.name,
+                f"{m.n_layer}L d={m.d_model} h={m.n_head} T={m.seq_len}",
+                w.data_label,
+                str(w.batch_size),
+                f"{w.budget_tokens:,}",
+                f"{w.target_loss:g}",
+                w.description,
+            )
+        console.print(table)
+    else:
+        kernels = importlib.import_module("benchbed.kernels")
+        table = Table(title="kernels")
+        rows = kernels.describe_kernels()
+        for col in rows[0].keys() if rows else ("op",):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*(", ".join(v) if isinstance(v, (list, tuple)) else str(v) for v in r.values()))
+        console.print(table)
+    return EXIT_OK
+
+
+def cmd_env(args) -> int:
+    import platform
+
+    import torch
+
+    from benchbed.telemetry import describe_environment
+
+    print(f"python {platform.python_version()}  torch {torch.__version__}  cpu threads {torch.get_num_threads()}")
+    print(f"cuda: {'available: ' + ', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if torch.cuda.is_available() else 'not available'}")
+    try:
+        import triton
+
+        print(f"triton {triton.__version__} ({'GPU kernels' if torch.cuda.is_available() else 'CPU: kernels run only under TRITON_INTERPRET=1; the reference backend is used'})")
+    except ImportError:
+        print("triton: not installed (kernels use the PyTorch reference)")
+    print("what this machine can measure:")
+    for item in describe_environment():
+        state = "yes" if item.get("available") else "no "
+        detail = item.get("source") if item.get("available") else item.get("reason")
+        print(f"  [{state}] {item.get('quantity')}: {detail}")
+    return EXIT_OK
+
+
+def cmd_dashboard(args) -> int:
+    dirs = [Path(d) for d in args.dirs]
+    for d in dirs:
+        if not d.is_dir():
+            return _bad_input(f"{d}: not a results directory (it does not exist)")
+    app = importlib.resources.files("benchbed.dashboard") / "app.py"
+    env = {**os.environ, "BENCHBED_RESULTS": os.pathsep.join(str(d.resolve()) for d in dirs)}
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", args.host, "--server.port", str(args.port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    print(f"benchbed dashboard: http://{args.host}:{args.port}  ({len(dirs)} results director{'y' if len(dirs) == 1 else 'ies'})")
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+DELEGATED = {
+    "gate": ("benchbed.gate", "compare two results directories; exit 1 on a regression"),
+    "report": ("benchbed.report", "write a self-contained HTML report of results directories"),
+    "kernels": ("benchbed.kernels.cli", "kernel sweep (bench), compile report (report), list"),
+    "ab": ("benchbed.ab", "same-machine A/B: baseline and candidate source trees, interleaved"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchbed", description="Benchmark efficient-transformer-training techniques by time and energy to a target loss.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("run", help="run a scenario matrix (default: the embedded quick scenario)", description="Run every cell of a scenario in its own process and print the ranked table. Cells already in --out are skipped (resume).")
+    p.add_argument("scenario", nargs="?", help="scenario file, or the name of a shipped one (quick, optimizers, ...); default: quick")
+    p.add_argument("--out", help="results directory (default: results/<scenario name>)")
+    p.add_argument("--only", metavar="PATTERN", help="run only cells whose id or variant matches (glob or substring)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
+    p.add_argument("--retry-failed", action="store_true", help="re-run cells that ended in oom, error or timeout")
+    p.add_argument("--repeat", type=int, metavar="K", help="run each (configuration, seed) K times (for noisy-metric statistics)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list techniques, workloads or kernels", description="List what benchbed knows.")
+    p.add_argument("what", choices=("techniques", "workloads", "kernels"))
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("env", help="what this machine can measure", description="Print devices, versions and which sensors (power, energy, memory) this machine can read, and why not.")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("dashboard", help="open the Streamlit dashboard on results directories", description="Serve the dashboard for one or more results directories (read-only).")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_dashboard)
+
+    for verb, (_, help_text) in DELEGATED.items():
+        p = sub.add_parser(verb, help=help_text, add_help=False, prefix_chars="\x00")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return int(module.cli_main(argv[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Streamlit dashboard (started by `benchbed dashboard`; nothing imports it)."""

@@ -1,0 +1,1 @@
+"""Improving computational efficiency: optimizers, initialisation, sparse, large batch, incremental."""

@@ -1,0 +1,64 @@
+"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019, "Decoupled Weight Decay
+Regularization"). The baseline optimizer of every scenario: a cell whose techniques supply no
+optimizer gets this one.
+
+What it changes: the optimizer only. Weight decay applies to matrices (dim >= 2) and not to
+biases, norm weights or scalar gains, as in GPT-2/nanoGPT. Uses PyTorch's fused implementation on
+CUDA and foreach elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchbed.techniques.base import Technique, register
+
+
+def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """Split parameters into a decayed group (matrices) and a non-decayed one (vectors, scalars)."""
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+@dataclass(frozen=True)
+class AdamWConfig:
+    lr: float | None = None  # None: the workload's (scaled) learning rate
+    beta1: float | None = None  # None: the workload's betas
+    beta2: float | None = None
+    eps: float = 1e-8
+    weight_decay: float | None = None  # None: the workload's
+
+    def check(self) -> None:
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v < 1.0:
+                raise ValueError(f"{name}: must be in [0, 1), got {v}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if self.eps <= 0:
+            raise ValueError(f"eps: must be positive, got {self.eps}")
+
+
+@register
+class AdamW(Technique):
+    """AdamW with decoupled weight decay (the baseline optimizer)."""
+
+    name = "adamw"
+    category = "compute/optimizer"
+    paper = "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization"
+    Config = AdamWConfig
+    provides_optimizer = True
+
+    def build_optimizer(self, params, ctx):
+        c, run = self.config, ctx.run
+        betas = (c.beta1 if c.beta1 is not None else run.betas[0], c.beta2 if c.beta2 is not None else run.betas[1])
+        wd = c.weight_decay if c.weight_decay is not None else run.weight_decay
+        lr = c.lr if c.lr is not None else run.lr
+        fast = {"fused": True} if ctx.device.type == "cuda" else {"foreach": True}
+        return torch.optim.AdamW(decay_groups(params, wd), lr=lr, betas=betas, eps=c.eps, **fast)

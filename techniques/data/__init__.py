@@ -1,0 +1,1 @@
+"""Improving data efficiency: token masking, importance sampling."""

@@ -1,0 +1,1 @@
+"""Hardware/algorithm co-design: models switched onto the kernels in benchbed.kernels."""

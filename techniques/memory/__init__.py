@@ -1,0 +1,1 @@
+"""Improving memory efficiency: precision, rematerialisation, offloading, LoRA, parallelism."""

@@ -1,0 +1,31 @@
+"""Automatic mixed precision in bfloat16 (Micikevicius et al. 2018, "Mixed Precision Training").
+
+What it changes: forward passes (training and evaluation) run under `torch.autocast` with
+bfloat16, so matrix multiplies use reduced precision while parameters, gradients and optimizer
+states stay in float32 (the master copy the paper prescribes). bfloat16 has float32's exponent
+range, so no loss scaling is needed (use `fp16_autocast` semantics for float16). On the CPU,
+autocast supports bfloat16 for linear layers and matmuls; whether that is faster depends on the
+CPU's bf16 support, which is exactly what the benchmark measures.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchbed.techniques.base import Technique, TechniqueError, register
+
+
+@register
+class BF16Autocast(Technique):
+    """Mixed precision: bfloat16 autocast over float32 master weights."""
+
+    name = "bf16_autocast"
+    category = "memory/precision"
+    paper = "Micikevicius et al. 2018, Mixed Precision Training"
+
+    def validate(self, cell):
+        if cell.get("device") == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise TechniqueError("techniques: bf16_autocast: this GPU does not support bfloat16")
+
+    def configure(self, run):
+        run.autocast_dtype = torch.bfloat16
