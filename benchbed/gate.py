@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from benchbed import stats
+from benchbed import stats, store
 
 PROG = "benchbed gate"
 
@@ -452,13 +452,9 @@ def load_cells(directory: str | Path) -> pd.DataFrame:
     if not (path / "cells.parquet").is_file():
         raise GateInputError(f"{path / 'cells.parquet'}: file missing (not a benchbed results directory)")
     try:
-        from benchbed import store
-
         cells = store.load(path).cells
-    except GateInputError:
-        raise
-    except Exception as error:  # the store's own message names the file and field
-        raise GateInputError(f"{path}: {error}") from error
+    except store.StoreError as error:  # its message names the file
+        raise GateInputError(str(error)) from error
     if "config_key" not in cells.columns:
         raise GateInputError(f"{path / 'cells.parquet'}: config_key: column missing")
     if cells.empty:
