@@ -307,7 +307,7 @@ def format_value(value, column: str, reason_not_measured: str | None = None) -> 
     if isinstance(value, int | float):
         if column.endswith("_bytes"):
             return f"{value / 2**30:.3g} GiB"
-        if abs(value) >= 1e5:
+        if abs(value) >= 1000:
             return f"{value:,.0f}"
         return f"{value:.4g}"
     return str(value)
@@ -325,6 +325,76 @@ def display_table(table: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
             reason = "energy" if unmeasured_energy and "energy" in column else None
             out[column] = [format_value(v, column, reason) for v in out[column]]
     return out
+
+
+def _interval_text(value, low, high, column: str, unmeasured: bool) -> str:
+    """'12.3 [11.9, 12.8]' (bytes in GiB, the column label says so), or why there is no number."""
+    if unmeasured:
+        return "not measured"
+    text = format_value(value, column).removesuffix(" GiB")
+    if text in ("not reached", "not measured") or low is None or high is None:
+        return text
+    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return text
+    low_text = format_value(low, column).removesuffix(" GiB")
+    high_text = format_value(high, column).removesuffix(" GiB")
+    return f"{text} [{low_text}, {high_text}]"
+
+
+def leaderboard_display(board: pd.DataFrame, rank_by: str, cells: pd.DataFrame) -> pd.DataFrame:
+    """The statistics module's leaderboard, same rows in the same order, as readable text: the ranked
+    metric first with its confidence interval, then the speedup against the baseline, then the
+    other metrics. Values not measured on these cells say so; targets never reached say so."""
+    energy_unmeasured = figures.not_measured_reason(cells, "energy_j") is not None and (
+        "energy_source" not in cells or set(cells["energy_source"].dropna()) <= {"unavailable"}
+    )
+    metrics = [rank_by] + [m for m in figures.METRICS if m != rank_by]
+    out = pd.DataFrame(index=board.index)
+    for column in ("rank", "workload", "device", "variant"):
+        if column in board:
+            out[column] = board[column]
+    for metric in metrics:
+        if metric not in board:
+            continue
+        label = figures.METRICS[metric][0].replace("(bytes)", "(GiB)") + (
+            " [95% CI]" if metric == rank_by else ""
+        )
+        low, high = board.get(f"{metric}_ci_low"), board.get(f"{metric}_ci_high")
+        out[label] = [
+            _interval_text(
+                board[metric].iloc[i],
+                None if low is None else low.iloc[i],
+                None if high is None else high.iloc[i],
+                metric,
+                energy_unmeasured and "energy" in metric,
+            )
+            for i in range(len(board))
+        ]
+        if metric == rank_by and "speedup" in board:
+            speedups = []
+            for i in range(len(board)):
+                if bool(board["is_baseline"].iloc[i]) if "is_baseline" in board else False:
+                    speedups.append("1× (baseline)")
+                elif energy_unmeasured and "energy" in metric:
+                    speedups.append("not measured")
+                else:
+                    value = board["speedup"].iloc[i]
+                    if isinstance(value, float) and math.isnan(value):
+                        speedups.append("n/a (no baseline reached)")
+                        continue
+                    low_s, high_s = board.get("speedup_ci_low"), board.get("speedup_ci_high")
+                    text = f"{value:.3g}×"
+                    if low_s is not None and not math.isnan(low_s.iloc[i]) and not math.isnan(high_s.iloc[i]):
+                        text += f" [{low_s.iloc[i]:.3g}, {high_s.iloc[i]:.3g}]"
+                    speedups.append(text)
+            out["speedup vs baseline"] = speedups
+    if "n_reached" in board and "n_cells" in board:
+        out["reached"] = [f"{r}/{n}" for r, n in zip(board["n_reached"], board["n_cells"], strict=True)]
+    if "best_val_loss" in board:
+        out["best val loss"] = [format_value(v, "best_val_loss") for v in board["best_val_loss"]]
+    if "status_counts" in board:
+        out["status"] = board["status_counts"]
+    return out.reset_index(drop=True)
 
 
 # -- the HTML report ---------------------------------------------------------------------------------
@@ -399,7 +469,7 @@ def _leaderboard_sections(page: _Page, cells: pd.DataFrame) -> list[str]:
             return order
         if not order and "variant" in board:
             order = list(dict.fromkeys(board["variant"].astype(str)))
-        page.table(display_table(board, cells))
+        page.table(leaderboard_display(board, rank_by, cells))
     return order
 
 

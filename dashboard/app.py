@@ -117,7 +117,7 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
         "Order and confidence intervals from benchbed.stats; a target never reached ranks as infinitely "
         "slow; 'not measured' means this machine could not measure the metric."
     )
-    st.dataframe(report.display_table(board, cells), hide_index=True, key="leaderboard_table")
+    st.dataframe(report.leaderboard_display(board, rank_by, cells), hide_index=True, key="leaderboard_table")
     plot = leaderboard_plot_columns(board, rank_by)
     if plot is not None:
         st.plotly_chart(figures.leaderboard_figure(*plot, label=choice), key="leaderboard_chart")
