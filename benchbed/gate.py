@@ -462,6 +462,37 @@ def load_cells(directory: str | Path) -> pd.DataFrame:
     return cells
 
 
+def add_gate_options(parser: argparse.ArgumentParser) -> None:
+    """The thresholds and outputs shared by ``benchbed gate`` and ``benchbed ab``."""
+    options = parser.add_argument_group("gate")
+    for name, what in (
+        ("time_threshold", "relative slowdown of time-to-target that counts"),
+        ("throughput_threshold", "relative drop of tokens/s that counts"),
+        ("energy_threshold", "relative growth of energy-to-target that counts"),
+        ("memory_threshold", "relative growth of peak memory that counts"),
+        ("alpha", "significance level of the one-sided Mann-Whitney U test"),
+        ("loss_rtol", "relative tolerance of final_val_loss for a fixed seed on the CPU"),
+    ):
+        flag = "--" + name.replace("_", "-")
+        options.add_argument(
+            flag, type=float, metavar="X", default=DEFAULTS[name], help=f"{what} (default %(default)s)"
+        )
+    options.add_argument(
+        "--min-samples",
+        type=int,
+        default=DEFAULTS["min_samples"],
+        help="samples per side below which the verdict is insufficient_data (default %(default)s)",
+    )
+    options.add_argument("--strict", action="store_true", help="insufficient data fails the gate")
+    options.add_argument(
+        "--markdown", metavar="FILE", help="write the markdown table here instead of printing it"
+    )
+    options.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    options.add_argument(
+        "--benchmark-action", metavar="FILE", help="write github-action-benchmark customSmallerIsBetter JSON"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -470,64 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("baseline_dir", help="results directory of the baseline (e.g. main)")
     parser.add_argument("candidate_dir", help="results directory of the candidate (e.g. the pull request)")
-    parser.add_argument(
-        "--time-threshold",
-        type=float,
-        default=DEFAULTS["time_threshold"],
-        help="relative slowdown of time-to-target that counts (default %(default)s)",
-    )
-    parser.add_argument(
-        "--throughput-threshold",
-        type=float,
-        default=DEFAULTS["throughput_threshold"],
-        help="relative drop of tokens/s that counts (default %(default)s)",
-    )
-    parser.add_argument(
-        "--energy-threshold",
-        type=float,
-        default=DEFAULTS["energy_threshold"],
-        help="relative growth of energy-to-target that counts (default %(default)s)",
-    )
-    parser.add_argument(
-        "--memory-threshold",
-        type=float,
-        default=DEFAULTS["memory_threshold"],
-        help="relative growth of peak memory that counts (default %(default)s)",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=DEFAULTS["alpha"],
-        help="significance level of the one-sided Mann-Whitney U test (default %(default)s)",
-    )
-    parser.add_argument(
-        "--min-samples",
-        type=int,
-        default=DEFAULTS["min_samples"],
-        help="samples per side below which the verdict is insufficient_data (default %(default)s)",
-    )
-    parser.add_argument(
-        "--loss-rtol",
-        type=float,
-        default=DEFAULTS["loss_rtol"],
-        help="relative tolerance of final_val_loss for a fixed seed on the CPU (default %(default)s)",
-    )
-    parser.add_argument("--strict", action="store_true", help="insufficient data fails the gate")
-    parser.add_argument(
-        "--markdown", metavar="FILE", help="write the markdown table here instead of printing it"
-    )
-    parser.add_argument("--json", metavar="FILE", help="write the full report as JSON")
-    parser.add_argument(
-        "--benchmark-action", metavar="FILE", help="write github-action-benchmark customSmallerIsBetter JSON"
-    )
+    add_gate_options(parser)
     return parser
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_gate(
+    args: argparse.Namespace, baseline_dir: str | Path, candidate_dir: str | Path, prog: str = PROG
+) -> int:
+    """Load, compare, write the outputs named in ``args``; the exit code (0, 1 or 2)."""
     try:
-        baseline_cells = load_cells(args.baseline_dir)
-        candidate_cells = load_cells(args.candidate_dir)
+        baseline_cells = load_cells(baseline_dir)
+        candidate_cells = load_cells(candidate_dir)
         thresholds = {
             "time_threshold": args.time_threshold,
             "throughput_threshold": args.throughput_threshold,
@@ -543,10 +527,10 @@ def cli_main(argv: list[str] | None = None) -> int:
         comparison = compare(baseline_cells, candidate_cells, **thresholds)
         if comparison.empty:
             raise GateInputError(
-                f"{args.candidate_dir}: no cells in common with {args.baseline_dir} (matched by config_key)"
+                f"{candidate_dir}: no cells in common with {baseline_dir} (matched by config_key)"
             )
     except GateInputError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return 2
     markdown = to_markdown(comparison, strict=args.strict)
     missing = unmatched(baseline_cells, candidate_cells)
@@ -560,20 +544,22 @@ def cli_main(argv: list[str] | None = None) -> int:
     else:
         print(markdown, end="")
     if args.json:
-        report = to_json(
-            comparison,
-            strict=args.strict,
-            extra={
-                "baseline_dir": str(args.baseline_dir),
-                "candidate_dir": str(args.candidate_dir),
-                "thresholds": thresholds,
-                "unmatched": missing,
-            },
-        )
+        extra = {
+            "baseline_dir": str(baseline_dir),
+            "candidate_dir": str(candidate_dir),
+            "thresholds": thresholds,
+            "unmatched": missing,
+        }
+        report = to_json(comparison, strict=args.strict, extra=extra)
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     if args.benchmark_action:
         Path(args.benchmark_action).write_text(json.dumps(to_benchmark_action(comparison), indent=2) + "\n")
     return 1 if failed(comparison, strict=args.strict) else 0
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_gate(args, args.baseline_dir, args.candidate_dir)
 
 
 if __name__ == "__main__":  # pragma: no cover
