@@ -454,6 +454,10 @@ class Telemetry:
                 self._start_gpus()
             else:
                 self._start_cpu()
+            try:
+                _current_rss_bytes()
+            except (OSError, ValueError, IndexError):
+                self._rss_sensor = False  # no /proc (macOS): peak RSS still comes from ru_maxrss
             self._choose_energy_source()
             self.sample_once(slow=True)
         except Exception as exc:  # never into training
@@ -487,10 +491,6 @@ class Telemetry:
         self._rapl = [(d, WrappingCounter(d.max_energy_range_uj)) for d in domains]
         if self._rapl:
             self._rapl_offset_uj = self._read_rapl_uj()
-        try:
-            _current_rss_bytes()
-        except (OSError, ValueError, IndexError):
-            self._rss_sensor = False
 
     def _choose_energy_source(self) -> None:
         if self.cuda_indices:
@@ -564,8 +564,19 @@ class Telemetry:
                         row.update({f"{name}_{gpu.label}": value for name, value in values.items()})
                 energy_j += row.get(f"energy_j_{gpu.label}", NAN)
                 power_w += row.get(f"power_w_{gpu.label}", NAN)
-            return row, energy_j, power_w
-        energy_j = power_w = NAN
+        else:
+            energy_j, power_w = self._read_rapl(row, now_s, t_s), NAN
+        # Host memory matters on GPU cells too (offloading techniques move state to the host).
+        if slow and self._rss_sensor:
+            try:
+                row.update(_current_rss_bytes())
+            except (OSError, ValueError, IndexError) as exc:
+                self._rss_sensor = False
+                self.sensor_errors.append(f"rss: {_error_text(exc)}")
+        return row, energy_j, power_w
+
+    def _read_rapl(self, row: dict[str, float], now_s: float, t_s: float) -> float:
+        energy_j = NAN
         if self._rapl:
             try:
                 energy_j = (self._read_rapl_uj() - self._rapl_offset_uj) / 1e6
@@ -578,13 +589,7 @@ class Telemetry:
                     last_s, last_j = self._last_cpu_point
                     row["cpu_power_w"] = (energy_j - last_j) / (now_s - last_s)
                 self._last_cpu_point = (now_s, energy_j)
-        if slow and self._rss_sensor:
-            try:
-                row.update(_current_rss_bytes())
-            except (OSError, ValueError, IndexError) as exc:
-                self._rss_sensor = False
-                self.sensor_errors.append(f"rss: {_error_text(exc)}")
-        return row, energy_j, power_w
+        return energy_j
 
     def sample_once(self, slow: bool = True, scheduled_s: float | None = None) -> None:
         """Take one sample now (the sampler thread calls this at each deadline)."""
@@ -614,8 +619,8 @@ class Telemetry:
                 if self._stop_event.wait(wait_s) if wait_s > 0 else self._stop_event.is_set():
                     return
                 self.sample_once(slow=index % self.slow_every == 0, scheduled_s=scheduled_s)
-                if self.cuda_indices and not any(g.sensors for g in self._gpus) and self._gpus:
-                    return  # every sensor failed: the reasons are in sensor_errors
+                if not (self._rss_sensor or self._rapl or any(g.sensors for g in self._gpus)):
+                    return  # nothing left to read: the reasons are in sensor_errors
                 index = next_tick_index(start_s, period_s, self._clock(), index)
         except Exception as exc:
             self.sensor_errors.append(f"sampler: {_error_text(exc)}; sampling stopped")
@@ -733,6 +738,7 @@ class Telemetry:
             "peak_mem_bytes": NAN,
             "mem_source": "unavailable",
             "max_memory_reserved_bytes": NAN,
+            "peak_rss_bytes": NAN,
             "nvml_peak_used_bytes": NAN,
             "sample_count": len(self._rows),
             "sample_lag_p99_s": NAN,
@@ -774,6 +780,7 @@ class Telemetry:
         return summary
 
     def _summarise_memory(self, summary: dict[str, Any]) -> None:
+        summary["peak_rss_bytes"] = peak_rss_bytes()
         if not self.cuda_indices:
             summary["peak_mem_bytes"], summary["mem_source"] = peak_rss_bytes(), "ru_maxrss"
             return

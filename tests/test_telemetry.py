@@ -206,8 +206,9 @@ def test_two_gpus_are_sampled_and_summed():
     assert summary["peak_mem_bytes"] == 2 * GIB  # the larger per-device peak
     assert summary["max_memory_reserved_bytes"] == 2 * GIB
     assert summary["mem_source"] == "cuda_max_allocated"
+    assert summary["peak_rss_bytes"] > 0  # host memory is reported for GPU cells too
     frame = tel.samples()
-    assert {"power_w_gpu0", "power_w_gpu1", "energy_j_gpu1"} <= set(frame.columns)
+    assert {"power_w_gpu0", "power_w_gpu1", "energy_j_gpu1", "rss_bytes"} <= set(frame.columns)
 
 
 def test_device_lost_mid_run_stops_sampling_and_keeps_earlier_energy():
@@ -416,15 +417,21 @@ def test_sampler_thread_samples_until_stopped_and_records_lag():
     assert len(tel.samples()) == rows_after_stop
 
 
-def test_sampler_thread_exits_when_every_sensor_is_lost():
+def test_sampler_thread_stops_asking_a_lost_gpu():
     gpu = FakeGpu(power_w=constant_power(120.0), energy_counter_mj=counter_steps_every_100ms(120.0))
     nvml = FakeNvml([gpu], FakeClock())
     tel = Telemetry("cuda:0", "c", power_hz=100.0, nvml=nvml, cuda_memory=FakeCudaMemory({0: 1}, {0: 1}))
     tel.start()
     gpu.lost_at_s = -1.0
-    tel._thread.join(timeout=5.0)
+    deadline = time.perf_counter() + 5.0
+    while not tel.sensor_errors and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    calls_after_loss = sum(nvml.calls.values())
+    time.sleep(0.1)  # ten more deadlines at 100 Hz
+    assert sum(nvml.calls.values()) == calls_after_loss
+    summary = tel.stop()
+    assert "gpu0.all sensors: NVMLError_GpuIsLost" in summary["sensor_errors"]
     assert not tel._thread.is_alive()
-    assert "NVMLError_GpuIsLost" in tel.stop()["sensor_errors"]
 
 
 # -- environment ----------------------------------------------------------------------------------
