@@ -77,12 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--power-hz", type=float, default=10.0)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: less noise on shared CPUs)")
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        help="set sys.setswitchinterval for the whole benchmark (the GIL hand-off delay; Python's default 5 ms)",
+    )
     parser.add_argument("--out", help="write the per-pair timings to this Parquet file")
     args = parser.parse_args(argv)
     if args.pairs < 20:
         print("bench_sampler: --pairs: at least 20 pairs are needed", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     step = small_model_step()
     for _ in range(5):  # warm-up: allocator, autograd graph caches
         step()
@@ -114,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     idle_lags = idle.samples()["sample_lag_s"].dropna().abs().tolist()
 
     median_ratio = statistics.median(pairs["ratio"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.steps} steps/block")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.steps} steps/block, "
+        f"GIL switch interval {sys.getswitchinterval() * 1e3:g} ms"
+    )
     print(
         f"step block median: off {pairs['off_s'].median() * 1e3:.2f} ms, on {pairs['on_s'].median() * 1e3:.2f} ms"
     )
