@@ -211,7 +211,7 @@ def _candidate_sensors(nvml: Any, handle: Any) -> dict[str, list[_Sensor]]:
 
     def utilisation() -> dict[str, float]:
         rates = nvml.nvmlDeviceGetUtilizationRates(handle)
-        return {"gpu_util_pct": float(rates.gpu), "mem_util_pct": float(rates.memory)}
+        return {"util_pct": float(rates.gpu), "mem_util_pct": float(rates.memory)}
 
     def clocks() -> dict[str, float]:
         return {
@@ -391,8 +391,8 @@ def _as_devices(device: Any) -> list[Any]:
 class Telemetry:
     """Samples the devices of one cell; see the module docstring and docs/telemetry.md.
 
-    ``device`` is a torch device (or a list of them: every CUDA device in it is sampled, columns get
-    a ``_gpu<index>`` suffix). ``clock`` returns seconds; ``threaded=False`` runs no sampler thread
+    ``device`` is a torch device (or a list of them: every CUDA device in it is sampled, its columns
+    get a ``gpu<index>_`` prefix so the unit stays the suffix). ``clock`` returns seconds; ``threaded=False`` runs no sampler thread
     (tests drive ``sample_once`` by hand).
     """
 
@@ -559,11 +559,11 @@ class Telemetry:
                     if quantity == "energy":
                         if math.isnan(gpu.energy_offset_mj):
                             gpu.energy_offset_mj = values["energy_mj"]
-                        row[f"energy_j_{gpu.label}"] = (values["energy_mj"] - gpu.energy_offset_mj) / 1000.0
+                        row[f"{gpu.label}_energy_j"] = (values["energy_mj"] - gpu.energy_offset_mj) / 1000.0
                     else:
-                        row.update({f"{name}_{gpu.label}": value for name, value in values.items()})
-                energy_j += row.get(f"energy_j_{gpu.label}", NAN)
-                power_w += row.get(f"power_w_{gpu.label}", NAN)
+                        row.update({f"{gpu.label}_{name}": value for name, value in values.items()})
+                energy_j += row.get(f"{gpu.label}_energy_j", NAN)
+                power_w += row.get(f"{gpu.label}_power_w", NAN)
         else:
             energy_j, power_w = self._read_rapl(row, now_s, t_s), NAN
         # Host memory matters on GPU cells too (offloading techniques move state to the host).
@@ -764,13 +764,13 @@ class Telemetry:
             summary["net_energy_j"] = energy_j - self.idle_power_w * window_s
         frame = self.samples()
         in_window = frame[frame["in_window"].astype(bool)] if "in_window" in frame else frame.iloc[0:0]
-        power_columns = [c for c in frame.columns if c.startswith("power_w_gpu")] or (
+        power_columns = [c for c in frame.columns if re.fullmatch(r"gpu\d+_power_w", c)] or (
             ["cpu_power_w"] if "cpu_power_w" in frame else []
         )
         if power_columns and len(in_window):
             peak = in_window[power_columns].sum(axis=1, min_count=len(power_columns)).max()
             summary["peak_power_w"] = float(peak) if pd.notna(peak) else NAN
-        used_columns = [c for c in frame.columns if c.startswith("mem_used_bytes_gpu")]
+        used_columns = [c for c in frame.columns if re.fullmatch(r"gpu\d+_mem_used_bytes", c)]
         if used_columns:
             summary["nvml_peak_used_bytes"] = float(frame[used_columns].max().max())
         if "sample_lag_s" in frame and frame["sample_lag_s"].notna().any():
@@ -803,7 +803,7 @@ class Telemetry:
 
     def samples(self) -> pd.DataFrame:
         """Every sample: ``cell_id, t_s`` (seconds since ``start``), ``sample_lag_s`` (actual minus
-        scheduled time), ``in_window`` and one column per quantity (``power_w_gpu0``, ...)."""
+        scheduled time), ``in_window`` and one column per quantity (``gpu0_power_w``, ...)."""
         with self._lock:
             rows = list(self._rows)
         if not rows:

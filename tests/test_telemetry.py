@@ -167,8 +167,8 @@ def test_gpu_without_counter_integrates_a_power_step_and_never_calls_unsupported
     assert nvml.calls["nvmlDeviceGetTemperature"] > 1
     assert nvml.calls["nvmlDeviceGetCurrentClocksThrottleReasons"] > 1
     frame = tel.samples()
-    assert "gpu_util_pct_gpu0" not in frame and "energy_j_gpu0" not in frame
-    assert frame["temperature_c_gpu0"].dropna().eq(41.0).all()
+    assert "gpu0_util_pct" not in frame and "gpu0_energy_j" not in frame
+    assert frame["gpu0_temperature_c"].dropna().eq(41.0).all()
 
 
 def test_slow_quantities_are_read_only_on_slow_ticks():
@@ -181,12 +181,12 @@ def test_slow_quantities_are_read_only_on_slow_ticks():
     at(clock, tel, 0.4, slow=True)
     frame = tel.samples()
     assert list(frame["t_s"]) == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
-    assert frame["power_w_gpu0"].tolist() == [150.0] * 5
-    assert frame["mem_used_bytes_gpu0"].notna().tolist() == [True, False, False, False, True]
-    assert frame["sm_clock_mhz_gpu0"].iloc[0] == 1980.0
+    assert frame["gpu0_power_w"].tolist() == [150.0] * 5
+    assert frame["gpu0_mem_used_bytes"].notna().tolist() == [True, False, False, False, True]
+    assert frame["gpu0_sm_clock_mhz"].iloc[0] == 1980.0
     assert frame["cell_id"].eq("cell-a").all()
     # the counter column is energy since start, in J
-    assert frame["energy_j_gpu0"].tolist() == pytest.approx([0.0, 15.0, 30.0, 45.0, 60.0])
+    assert frame["gpu0_energy_j"].tolist() == pytest.approx([0.0, 15.0, 30.0, 45.0, 60.0])
 
 
 def test_two_gpus_are_sampled_and_summed():
@@ -208,7 +208,7 @@ def test_two_gpus_are_sampled_and_summed():
     assert summary["mem_source"] == "cuda_max_allocated"
     assert summary["peak_rss_bytes"] > 0  # host memory is reported for GPU cells too
     frame = tel.samples()
-    assert {"power_w_gpu0", "power_w_gpu1", "energy_j_gpu1", "rss_bytes"} <= set(frame.columns)
+    assert {"gpu0_power_w", "gpu1_power_w", "gpu1_energy_j", "rss_bytes"} <= set(frame.columns)
 
 
 def test_device_lost_mid_run_stops_sampling_and_keeps_earlier_energy():
@@ -409,7 +409,7 @@ def test_sampler_thread_samples_until_stopped_and_records_lag():
     frame = tel.samples()
     assert len(frame) >= 4
     assert frame["sample_lag_s"].iloc[1:].notna().all()
-    assert frame["power_w_gpu0"].eq(120.0).all()
+    assert frame["gpu0_power_w"].eq(120.0).all()
     assert not tel._thread.is_alive()
     assert summary["sample_count"] == len(frame)
     rows_after_stop = len(frame)

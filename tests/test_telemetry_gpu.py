@@ -34,8 +34,8 @@ def test_real_nvml_measures_a_matmul_window():
     assert summary["peak_mem_bytes"] >= 4096 * 4096 * 4
     assert summary["mem_source"] == "cuda_max_allocated"
     frame = tel.samples()
-    assert len(frame) >= 10 and (frame["power_w_gpu0"].dropna() > 0).all()
-    assert frame["mem_used_bytes_gpu0"].notna().any()
+    assert len(frame) >= 10 and (frame["gpu0_power_w"].dropna() > 0).all()
+    assert frame["gpu0_mem_used_bytes"].notna().any()
     if summary["energy_source"] == "nvml_counter":
         assert not math.isnan(summary["energy_disagreement"])
 
