@@ -348,7 +348,7 @@ def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = 
     lines = [
         f"### {title}: {status}",
         "",
-        f"{comparison['config_key'].nunique()} configurations compared: {summary}.",
+        f"{comparison['config_key'].nunique()} configuration(s) compared: {summary}.",
     ]
     if "insufficient_data" in counts.index and not strict:
         lines.append(

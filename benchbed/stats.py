@@ -284,12 +284,17 @@ def summarize(
 # -- speedups against the scenario's baseline ---------------------------------------------------
 
 
-def _baseline_cells(cells: pd.DataFrame, workload, device, baseline_label) -> pd.DataFrame:
+def _baseline_cells(cells: pd.DataFrame, workload, device, baseline_label, scenario=None) -> pd.DataFrame:
     """The cells of the baseline combination for one workload and device (may be empty)."""
     if "is_baseline" not in cells.columns:
         return cells.iloc[0:0]
     is_baseline = cells["is_baseline"].fillna(False).astype(bool)
     candidates = cells[is_baseline & (cells["workload"] == workload) & (cells["device"] == device)]
+    if candidates["config_key"].nunique() > 1 and scenario is not None and "scenario" in candidates.columns:
+        # several scenarios loaded together: a combination's baseline is its own scenario's
+        same_scenario = candidates[candidates["scenario"] == scenario]
+        if len(same_scenario):
+            candidates = same_scenario
     if candidates["config_key"].nunique() > 1 and baseline_label is not None:
         # several scenarios with different baselines loaded together: pick the named one
         for label_column in ("variant", "techniques"):
@@ -315,8 +320,10 @@ def speedups(
     """Speedup of every combination against its scenario's baseline on the same workload and device.
 
     ``speedup = baseline / combination`` for smaller-is-better metrics (2.0 = twice as fast) and
-    ``combination / baseline`` for ``tokens_per_s``; 0.0 when the combination did not reach and the
-    baseline did, NaN when neither reached or no baseline is in the table. The interval is a
+    ``combination / baseline`` for ``tokens_per_s``; exactly 1.0 for the baseline itself; 0.0 when the
+    combination did not reach and the baseline did, NaN when neither reached or no baseline is in
+    the table. With several scenarios loaded together, each combination is compared with its own
+    scenario's baseline. The interval is a
     two-sample bootstrap of the ratio of aggregates. Columns: ``workload, device, config_key,
     variant, baseline, metric, speedup, speedup_ci_low, speedup_ci_high``.
     """
@@ -329,10 +336,13 @@ def speedups(
         first = group.iloc[0]
         variant = first["variant"] if "variant" in group.columns else first.get("techniques")
         baseline_label = first["baseline"] if "baseline" in group.columns else None
-        base = _baseline_cells(cells, workload, device, baseline_label)
+        scenario = first["scenario"] if "scenario" in group.columns else None
+        base = _baseline_cells(cells, workload, device, baseline_label, scenario)
         ours = metric_samples(group, metric)
         theirs = metric_samples(base, metric)
-        if smaller_is_better:
+        if len(base) and (base["config_key"] == config_key).all():
+            value, low, high = 1.0, 1.0, 1.0  # the baseline against itself, by definition
+        elif smaller_is_better:
             value, low, high = ratio_ci(
                 theirs, ours, aggregate=aggregate, confidence=confidence, n_resamples=n_resamples, seed=seed
             )

@@ -132,6 +132,16 @@ def test_leaderboard_olympic_aggregate():
     assert stats.leaderboard(cells)["time_to_target_s"].iloc[0] == 3.0  # median
 
 
+def test_speedups_use_each_scenarios_own_baseline():
+    first = make_cells([("w", "adamw", 1, 10.0), ("w", "adamw", 2, 10.0), ("w", "lion", 1, 5.0)])
+    second = make_cells([("w", "adamw", 1, 40.0), ("w", "adamw", 2, 40.0), ("w", "lion", 1, 5.0)])
+    second = second.assign(scenario="s2", config_key=second["config_key"] + "-s2")
+    table = stats.speedups(pd.concat([first, second], ignore_index=True)).set_index("config_key")
+    assert table.loc["w:lion", "speedup"] == 2.0
+    assert table.loc["w:lion-s2", "speedup"] == 8.0
+    assert table.loc["w:adamw-s2", ["speedup", "speedup_ci_low", "speedup_ci_high"]].tolist() == [1.0] * 3
+
+
 def test_speedup_interval_brackets_point_estimate():
     rng = np.random.default_rng(0)
     spec = [("w", "adamw", s, 10.0 * (1 + 0.05 * rng.standard_normal())) for s in range(8)]
