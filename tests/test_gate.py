@@ -100,6 +100,15 @@ def test_planted_memory_growth_is_a_regression_but_small_growth_is_not():
     assert verdicts(gate.compare(base, slightly))["peak_mem_bytes"] == "ok"
 
 
+def test_exactly_repeatable_memory_growth_is_a_regression():
+    base = make_cells(rng_seed=1)
+    cand = make_cells(rng_seed=2)
+    base["peak_mem_bytes"] = 100e6  # the same allocation every run: ties within each side
+    cand["peak_mem_bytes"] = 120e6
+    assert verdicts(gate.compare(base, cand))["peak_mem_bytes"] == "regression"
+    assert verdicts(gate.compare(base, base.copy()))["peak_mem_bytes"] == "ok"
+
+
 def test_over_threshold_without_significance_is_suspicious():
     base = make_cells(rng_seed=1, cv=0.3)
     cand = make_cells(rng_seed=2, cv=0.3)
