@@ -31,10 +31,17 @@ BLOCK_V = 4096  # vocabulary columns per loop iteration: 16 KiB of fp32 per prog
 
 # -- PyTorch references ----------------------------------------------------------------------------
 def cross_entropy_reference(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    token_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     x = logits.float() if logits.dtype != torch.float64 else logits
-    return F.cross_entropy(x.reshape(-1, x.shape[-1]), targets.reshape(-1), ignore_index=ignore_index)
+    x, t = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
+    if token_weights is None:
+        return F.cross_entropy(x, t, ignore_index=ignore_index)
+    nll = F.cross_entropy(x, t, ignore_index=ignore_index, reduction="none")
+    return (nll * token_weights.reshape(-1).to(nll.dtype)).sum()
 
 
 def linear_cross_entropy_reference(
