@@ -1,0 +1,109 @@
+"""LARS, Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg 2017, "Large Batch Training of
+Convolutional Networks").
+
+What it changes: the optimizer only. Momentum SGD where each layer (parameter tensor) w gets its
+own local learning rate (Algorithm 1 of the paper):
+
+    local_lr = eta * ||w|| / (||g|| + beta * ||w||)      # trust ratio; 1 when either norm is 0
+    v = m * v + lr * local_lr * (g + beta * w)
+    w = w - v
+
+with trust coefficient eta (paper: 0.001), weight decay beta and momentum m. As in the paper's
+follow-ups and reference implementations, biases and norm weights (every tensor with dim < 2) are
+excluded from both the adaptation (local_lr = 1) and the weight decay. Since eta scales every
+adapted step, the global learning rate is large: ``lr_ratio`` times the run's (AdamW) learning rate
+by default, or an explicit ``lr``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute.adamw import decay_groups
+
+
+class LARSOptimizer(torch.optim.Optimizer):
+    """Groups carry ``adapt`` (apply the trust ratio) and ``weight_decay``."""
+
+    def __init__(
+        self, params, lr: float, momentum: float = 0.9, trust_coefficient: float = 0.001, weight_decay=0.0
+    ):
+        defaults = {"lr": lr, "momentum": momentum, "trust_coefficient": trust_coefficient}
+        super().__init__(params, {**defaults, "weight_decay": weight_decay, "adapt": True})
+
+    @staticmethod
+    def trust_ratio(w: torch.Tensor, g: torch.Tensor, eta: float, weight_decay: float) -> torch.Tensor:
+        w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
+        ratio = eta * w_norm / (g_norm + weight_decay * w_norm)
+        return torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, wd, eta = (
+                group["lr"],
+                group["momentum"],
+                group["weight_decay"],
+                group["trust_coefficient"],
+            )
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                local_lr = self.trust_ratio(p, g, eta, wd) if group["adapt"] else 1.0
+                if wd:
+                    g = g.add(p, alpha=wd)
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                v = state["momentum_buffer"]
+                v.mul_(mom).add_(g * (lr * local_lr))
+                p.sub_(v)
+        return loss
+
+
+@dataclass(frozen=True)
+class LARSConfig:
+    lr: float | None = None  # explicit global learning rate; None: lr_ratio * the run's
+    lr_ratio: float = 300.0
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001  # eta of the paper
+    weight_decay: float = 0.0005  # beta of the paper (its AlexNet setting), coupled as in Algorithm 1
+
+    def check(self) -> None:
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if self.lr_ratio <= 0:
+            raise ValueError(f"lr_ratio: must be positive, got {self.lr_ratio}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.trust_coefficient <= 0:
+            raise ValueError(f"trust_coefficient: must be positive, got {self.trust_coefficient}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+
+
+@register
+class LARS(Technique):
+    """LARS: momentum SGD with a layer-wise trust ratio."""
+
+    name = "lars"
+    category = "compute/optimizer"
+    paper = "You, Gitman & Ginsburg 2017, Large Batch Training of Convolutional Networks"
+    Config = LARSConfig
+    provides_optimizer = True
+
+    def build_optimizer(self, params, ctx):
+        c = self.config
+        groups = decay_groups(params, c.weight_decay)
+        for group in groups:
+            group["adapt"] = all(p.dim() >= 2 for p in group["params"])
+        lr = c.lr if c.lr is not None else c.lr_ratio * ctx.run.lr
+        return LARSOptimizer(groups, lr=lr, momentum=c.momentum, trust_coefficient=c.trust_coefficient)

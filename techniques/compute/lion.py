@@ -1,0 +1,89 @@
+"""Lion, EvoLved Sign Momentum (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
+
+What it changes: the optimizer only. Per parameter, with gradient g and momentum m (Algorithm 2):
+
+    c     = beta1 * m + (1 - beta1) * g          # interpolation used for the update
+    theta = theta - lr * (sign(c) + lambda * theta)  # decoupled weight decay on the old theta
+    m     = beta2 * m + (1 - beta2) * g          # momentum tracked with a different beta
+
+Only one state tensor per parameter (Adam keeps two). The paper's defaults are beta1 = 0.9,
+beta2 = 0.99, and it recommends a learning rate 3-10x smaller than AdamW's with a weight decay
+3-10x larger, so the product lr * lambda stays the same: here ``lr = lr_ratio * run.lr`` and, unless
+given, ``weight_decay = run.weight_decay / lr_ratio``. Decay applies to matrices only, as for AdamW.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute.adamw import decay_groups
+
+
+class LionOptimizer(torch.optim.Optimizer):
+    def __init__(
+        self, params, lr: float, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0
+    ):
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                m = state["exp_avg"]
+                update = torch.lerp(p.grad, m, beta1).sign_()  # beta1 * m + (1 - beta1) * g
+                if wd:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(update, alpha=-lr)
+                m.lerp_(p.grad, 1.0 - beta2)  # beta2 * m + (1 - beta2) * g
+        return loss
+
+
+@dataclass(frozen=True)
+class LionConfig:
+    lr: float | None = None  # explicit learning rate; None: lr_ratio * the run's learning rate
+    lr_ratio: float = 0.3  # the paper: 3-10x smaller than AdamW
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float | None = None  # None: the run's weight decay / lr_ratio (same lr * lambda)
+
+    def check(self) -> None:
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{name}: must be in [0, 1), got {v}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if self.lr_ratio <= 0:
+            raise ValueError(f"lr_ratio: must be positive, got {self.lr_ratio}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+
+
+@register
+class Lion(Technique):
+    """Lion: sign of interpolated momentum, decoupled weight decay."""
+
+    name = "lion"
+    category = "compute/optimizer"
+    paper = "Chen et al. 2023, Symbolic Discovery of Optimization Algorithms"
+    Config = LionConfig
+    provides_optimizer = True
+
+    def build_optimizer(self, params, ctx):
+        c, run = self.config, ctx.run
+        lr = c.lr if c.lr is not None else c.lr_ratio * run.lr
+        wd = c.weight_decay if c.weight_decay is not None else run.weight_decay / c.lr_ratio
+        return LionOptimizer(decay_groups(params, wd), lr=lr, betas=(c.beta1, c.beta2), weight_decay=wd)

@@ -1,0 +1,58 @@
+"""SGD with Nesterov momentum (Nesterov 1983; in deep learning: Sutskever et al. 2013, "On the
+importance of initialization and momentum in deep learning").
+
+What it changes: the optimizer only, PyTorch's ``torch.optim.SGD(nesterov=True)``:
+v <- mu * v + g, theta <- theta - lr * (g + mu * v). Weight decay here is PyTorch SGD's L2 term
+(added to the gradient, i.e. coupled, as in the classic formulation), applied to matrices only.
+
+SGD needs a much larger learning rate than Adam (its step is the raw gradient, not a normalised
+one), so the learning rate is a multiple of the run's (AdamW) learning rate: ``lr_ratio`` (the
+default trains lm-tiny), or an explicit ``lr``. Because it is a multiple of ``run.lr``, batch-size
+scaling rules (``lr_scaling``) compose with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute.adamw import decay_groups
+
+
+@dataclass(frozen=True)
+class NesterovConfig:
+    lr: float | None = None  # explicit learning rate; None: lr_ratio * the run's learning rate
+    lr_ratio: float = 30.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0  # L2 (coupled); the run's decoupled AdamW coefficient does not transfer
+
+    def check(self) -> None:
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if self.lr_ratio <= 0:
+            raise ValueError(f"lr_ratio: must be positive, got {self.lr_ratio}")
+        if not 0.0 < self.momentum < 1.0:
+            raise ValueError(f"momentum: Nesterov needs a momentum in (0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+
+
+@register
+class Nesterov(Technique):
+    """SGD with Nesterov momentum (PyTorch's SGD, nesterov=True)."""
+
+    name = "nesterov"
+    category = "compute/optimizer"
+    paper = "Sutskever et al. 2013, On the importance of initialization and momentum in deep learning"
+    Config = NesterovConfig
+    provides_optimizer = True
+
+    def build_optimizer(self, params, ctx):
+        c = self.config
+        lr = c.lr if c.lr is not None else c.lr_ratio * ctx.run.lr
+        fast = {} if ctx.device.type == "cuda" else {"foreach": True}
+        return torch.optim.SGD(
+            decay_groups(params, c.weight_decay), lr=lr, momentum=c.momentum, nesterov=True, **fast
+        )

@@ -1,0 +1,76 @@
+"""Data parallelism with PyTorch DistributedDataParallel (Li et al. 2020, "PyTorch Distributed:
+Experiences on Accelerating Data Parallel Training", VLDB).
+
+What it changes: the model is wrapped in DDP (after every other ``build_model``), which all-reduces
+gradients across ``world_size`` processes during backward, overlapping communication with compute
+in buckets. Each process trains on its own batch of ``batch_size`` sequences; the global batch is
+``world_size * batch_size``.
+
+What it needs from the launcher (not in this file): the cell must be started as ``world_size``
+processes by ``torchrun --nproc-per-node=N`` (which sets RANK, LOCAL_RANK, WORLD_SIZE and
+MASTER_ADDR/PORT); ``validate`` refuses the cell otherwise, naming the option. The train loop must
+give each rank a different data stream (seed offset by rank) and only rank 0 should write results;
+until the runner does both, ranks see identical batches (the speed is measured correctly, the
+statistical efficiency is not). The process group is created here if the launcher did not create it
+(NCCL on CUDA, Gloo on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from benchbed.techniques.base import Technique, TechniqueError, register
+
+
+@dataclass(frozen=True)
+class DataParallelConfig:
+    world_size: int = 2
+
+    def check(self) -> None:
+        if self.world_size < 1:
+            raise ValueError(f"world_size: must be >= 1, got {self.world_size}")
+
+
+@register
+class DataParallel(Technique):
+    """DistributedDataParallel over world_size processes (needs a torchrun launch)."""
+
+    name = "data_parallel"
+    category = "memory/parallelism"
+    paper = "Li et al. 2020, PyTorch Distributed: Experiences on Accelerating Data Parallel Training"
+    Config = DataParallelConfig
+    wraps_model = True
+
+    def validate(self, cell):
+        launched = os.environ.get("WORLD_SIZE")
+        if launched != str(self.config.world_size):
+            raise TechniqueError(
+                f"techniques.data_parallel.world_size: the cell needs {self.config.world_size} processes "
+                f"(torchrun --nproc-per-node={self.config.world_size}); this process was launched with "
+                f"WORLD_SIZE={launched or 'unset'}"
+            )
+        if cell.get("device") == "cuda" and torch.cuda.device_count() < self.config.world_size:
+            raise TechniqueError(
+                f"techniques.data_parallel.world_size: {self.config.world_size} processes need as many GPUs, "
+                f"this machine has {torch.cuda.device_count()}"
+            )
+
+    def configure(self, run):
+        run.world_size = self.config.world_size
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if run.device.type == "cuda" else "gloo")
+        if run.device.type == "cuda":
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            run.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(run.device)
+        run.extra["data_parallel_rank"] = dist.get_rank()
+
+    def build_model(self, model, ctx):
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        return wrapped
