@@ -13,6 +13,7 @@ sm_80 with the ``ptxas`` Triton ships, without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass, field
@@ -143,6 +144,33 @@ def signature_of(kernel, types: dict[str, str], constexprs: dict[str, Any]) -> d
         else:
             raise KeyError(f"{python_function(kernel).__name__}: no type for argument '{name}'")
     return signature
+
+
+_poison_outputs = False
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Within this block every buffer a kernel wrapper allocates for the kernel to fill starts as NaN
+    (integers as -1), so a kernel that forgets to write an element is caught by the tests."""
+    global _poison_outputs
+    previous, _poison_outputs = _poison_outputs, True
+    try:
+        yield
+    finally:
+        _poison_outputs = previous
+
+
+def new_empty(shape, *, device, dtype) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs (NaN-filled inside ``poisoned_outputs()``)."""
+    out = torch.empty(shape, device=device, dtype=dtype)
+    if _poison_outputs:
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
+
+
+def new_empty_like(t: torch.Tensor) -> torch.Tensor:
+    return new_empty(t.shape, device=t.device, dtype=t.dtype)
 
 
 def next_power_of_2(n: int) -> int:

@@ -20,7 +20,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchbed.kernels._triton import DTYPE_NAMES, HAS_TRITON, POINTER_TYPES, AotConfig, launcher, signature_of
+from benchbed.kernels._triton import (
+    DTYPE_NAMES,
+    HAS_TRITON,
+    POINTER_TYPES,
+    AotConfig,
+    launcher,
+    new_empty,
+    new_empty_like,
+    signature_of,
+)
 
 if HAS_TRITON:
     import triton
@@ -129,8 +138,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
         x = logits.reshape(-1, logits.shape[-1]).contiguous()
         t = targets.reshape(-1).contiguous()
         rows = x.shape[0]
-        loss_rows = torch.empty(rows, device=x.device, dtype=torch.float32)
-        lse = torch.empty(rows, device=x.device, dtype=torch.float32)
+        loss_rows = new_empty(rows, device=x.device, dtype=torch.float32)
+        lse = new_empty(rows, device=x.device, dtype=torch.float32)
         coef = _coefficients(t, ignore_index, token_weights)
         _launch(x, x, t, coef, loss_rows, lse, coef, ignore_index, mode=0)
         ctx.save_for_backward(x, t, coef, lse)
@@ -141,7 +150,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dloss):
         x, t, coef, lse = ctx.saved_tensors
-        grad = torch.empty_like(x)
+        grad = new_empty_like(x)
         dloss32 = dloss.float().reshape(1).contiguous()
         _launch(x, grad, t, coef, lse, lse, dloss32, ctx.ignore_index, mode=1)
         return grad.view(ctx.shape), None, None, None
@@ -163,12 +172,12 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         t = targets.reshape(-1).contiguous()
         coef = _coefficients(t, ignore_index, token_weights)
         n_tokens = h.shape[0]
-        grad_hidden = torch.empty_like(h)
+        grad_hidden = new_empty_like(h)
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
         loss = torch.zeros((), device=h.device, dtype=torch.float32)
         one = torch.ones(1, device=h.device, dtype=torch.float32)
-        loss_rows = torch.empty(min(chunk_size, n_tokens), device=h.device, dtype=torch.float32)
-        lse = torch.empty_like(loss_rows)
+        loss_rows = new_empty(min(chunk_size, n_tokens), device=h.device, dtype=torch.float32)
+        lse = new_empty_like(loss_rows)
         for start in range(0, n_tokens, chunk_size):
             stop = min(start + chunk_size, n_tokens)
             h_chunk = h[start:stop]

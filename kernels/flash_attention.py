@@ -20,7 +20,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from benchbed.kernels._triton import DTYPE_NAMES, HAS_TRITON, POINTER_TYPES, AotConfig, launcher, signature_of
+from benchbed.kernels._triton import (
+    DTYPE_NAMES,
+    HAS_TRITON,
+    POINTER_TYPES,
+    AotConfig,
+    launcher,
+    new_empty,
+    new_empty_like,
+    signature_of,
+)
 
 if HAS_TRITON:
     import triton
@@ -217,8 +226,8 @@ class _FlashAttentionFunction(torch.autograd.Function):
         _check(q, k, v)
         batch, heads, seq, head_dim = q.shape
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        o = torch.empty_like(q)
-        lse = torch.empty(batch * heads, seq, device=q.device, dtype=torch.float32)
+        o = new_empty_like(q)
+        lse = new_empty((batch * heads, seq), device=q.device, dtype=torch.float32)
         sm_scale = 1.0 / math.sqrt(head_dim)
         cfg = launch_config(head_dim, q.dtype)["fwd"]
         grid = (triton.cdiv(seq, cfg["BLOCK_M"]), batch * heads)
@@ -238,7 +247,7 @@ class _FlashAttentionFunction(torch.autograd.Function):
         batch, heads, seq, head_dim = q.shape
         do = do.contiguous()
         delta = (o.float() * do.float()).sum(-1).reshape(batch * heads, seq).contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq, dk, dv = new_empty_like(q), new_empty_like(k), new_empty_like(v)
         sm_scale = 1.0 / math.sqrt(head_dim)
         configs = launch_config(head_dim, q.dtype)
         common = {

@@ -21,6 +21,8 @@ from benchbed.kernels._triton import (
     POINTER_TYPES,
     AotConfig,
     launcher,
+    new_empty,
+    new_empty_like,
     next_power_of_2,
     signature_of,
 )
@@ -131,9 +133,9 @@ class _NormFunction(torch.autograd.Function):
         rows = x2.shape[0]
         w32 = (weight if weight is not None else torch.ones(n, device=x.device)).float().contiguous()
         b32 = bias.float().contiguous() if bias is not None else w32  # unused when HAS_BIAS is false
-        y = torch.empty_like(x2)
-        mean = torch.empty(rows, device=x.device, dtype=torch.float32)
-        rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+        y = new_empty_like(x2)
+        mean = new_empty(rows, device=x.device, dtype=torch.float32)
+        rstd = new_empty(rows, device=x.device, dtype=torch.float32)
         block_n = next_power_of_2(n)
         if rows:
             launcher(_norm_fwd_kernel, x.device)[(rows,)](
@@ -154,11 +156,11 @@ class _NormFunction(torch.autograd.Function):
         shape, is_rms, has_weight, has_bias, block_n = ctx.meta
         rows, n = x2.shape
         dy2 = dy.reshape(-1, n).contiguous()
-        dx = torch.empty_like(x2)
+        dx = new_empty_like(x2)
         programs = _backward_programs(rows, x2.device)
-        dw_partial = torch.empty(programs, n, device=x2.device, dtype=torch.float32)
+        dw_partial = new_empty((programs, n), device=x2.device, dtype=torch.float32)
         db_partial = (
-            torch.empty(programs, n, device=x2.device, dtype=torch.float32) if has_bias else dw_partial
+            new_empty((programs, n), device=x2.device, dtype=torch.float32) if has_bias else dw_partial
         )
         if rows:
             launcher(_norm_bwd_kernel, x2.device)[(programs,)](
