@@ -1,0 +1,290 @@
+"""Kernel registry, PyTorch references against float64 / hand-computed values, and the hardware
+techniques on the CPU (where `auto` must pick the reference and record that it did)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchbed import kernels
+from benchbed.kernels import cross_entropy, flash_attention, norms, optimizer_steps
+from benchbed.models.gpt import GPT, GPTConfig
+from benchbed.techniques import REGISTRY as TECHNIQUES
+from benchbed.techniques import TechniqueError, build_config
+from benchbed.train import Batch, RunSettings, TrainContext, default_loss
+from benchbed.workloads import WORKLOADS
+
+
+# -- registry -------------------------------------------------------------------------------------
+def test_registry_lists_every_op_with_reference_and_triton():
+    expected = {
+        "flash_attention",
+        "cross_entropy",
+        "linear_cross_entropy",
+        "rms_norm",
+        "layer_norm",
+        "adamw_step",
+        "lion_step",
+    }
+    assert set(kernels.REGISTRY) == expected
+    for name, op in kernels.REGISTRY.items():
+        assert op.name == name and callable(op.reference) and "triton" in op.backends
+        assert kernels.get(name, "reference") is op.reference
+        assert kernels.get(name, "triton") is op.backends["triton"]
+
+
+def test_auto_picks_reference_without_cuda(monkeypatch):
+    monkeypatch.setattr(kernels, "cuda_available", lambda: False)
+    assert kernels.get("rms_norm", "auto", "cpu") is norms.rms_norm_reference
+    assert kernels.get("rms_norm", "auto", "cuda") is norms.rms_norm_reference
+    monkeypatch.setattr(kernels, "cuda_available", lambda: True)
+    assert kernels.get("rms_norm", "auto", "cuda") is norms.rms_norm_triton
+    assert kernels.get("rms_norm", "auto", "cpu") is norms.rms_norm_reference  # tensors on the CPU
+
+
+def test_get_refuses_unknown_op_and_backend():
+    with pytest.raises(KeyError, match="unknown kernel op 'softmax'"):
+        kernels.get("softmax")
+    with pytest.raises(ValueError, match="backend 'cuda'"):
+        kernels.get("rms_norm", "cuda")
+
+
+def test_describe_kernels_rows():
+    rows = kernels.describe_kernels()
+    assert [r["op"] for r in rows] == list(kernels.REGISTRY)
+    for row in rows:
+        assert set(row) == {"op", "backends", "dtypes", "devices", "auto_here", "description"}
+        assert row["backends"].startswith("reference")
+        assert row["auto_here"] in ("reference", "triton")
+
+
+def test_every_kernel_has_aot_configurations():
+    names = {c.kernel_name for c in kernels.aot_configs()}
+    assert names == {
+        "_attn_fwd_kernel",
+        "_attn_bwd_dkdv_kernel",
+        "_attn_bwd_dq_kernel",
+        "_cross_entropy_kernel",
+        "_norm_fwd_kernel",
+        "_norm_bwd_kernel",
+        "_adamw_kernel",
+        "_lion_kernel",
+    }
+    for config in kernels.aot_configs():
+        assert list(config.signature)  # every argument typed, constexprs included
+
+
+# -- references against hand-computed and float64 values ----------------------------------------------
+def test_attention_reference_matches_sdpa_float64():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 11, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    for causal in (True, False):
+        ref = flash_attention.attention_reference(q, k, v, causal)
+        torch.testing.assert_close(
+            ref, F.scaled_dot_product_attention(q, k, v, is_causal=causal), rtol=1e-12, atol=1e-12
+        )
+    # causal: the first query sees only the first key, so its output is that value row
+    torch.testing.assert_close(flash_attention.attention_reference(q, k, v, True)[:, :, 0], v[:, :, 0])
+
+
+def test_norm_references_hand_computed():
+    x = torch.tensor([[1.0, 2.0, 3.0, 6.0]], dtype=torch.float64)
+    w = torch.tensor([1.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    rms = math.sqrt((1 + 4 + 9 + 36) / 4)
+    torch.testing.assert_close(norms.rms_norm_reference(x, w, 0.0), x / rms * w)
+    mean, std = 3.0, math.sqrt((4 + 1 + 0 + 9) / 4)
+    b = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=torch.float64)
+    torch.testing.assert_close(norms.layer_norm_reference(x, w, b, 0.0), (x - mean) / std * w + b)
+
+
+def test_cross_entropy_reference_hand_computed():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [5.0, 1.0]], dtype=torch.float64)
+    targets = torch.tensor([0, 1, -100])
+    # row 0: log 2; row 1: -log(1/4) = log 4; row 2 ignored -> mean of two
+    expected = (math.log(2.0) + math.log(4.0)) / 2
+    assert cross_entropy.cross_entropy_reference(logits, targets).item() == pytest.approx(expected, rel=1e-12)
+    weights = torch.tensor([0.25, 1.0, 7.0], dtype=torch.float64)
+    weighted = cross_entropy.cross_entropy_reference(logits, targets, token_weights=weights).item()
+    assert weighted == pytest.approx(0.25 * math.log(2.0) + math.log(4.0), rel=1e-12)
+    hidden = torch.eye(2, dtype=torch.float64)[[0, 1, 0]]
+    weight = logits[:2].t().contiguous()  # hidden @ weight.T reproduces rows 0 and 1
+    lin = cross_entropy.linear_cross_entropy_reference(hidden[:2], weight, targets[:2]).item()
+    assert lin == pytest.approx(expected, rel=1e-12)
+
+
+def test_adamw_reference_matches_torch_optim_adamw():
+    gen = torch.Generator().manual_seed(1)
+    p0 = torch.randn(257, generator=gen, dtype=torch.float64)
+    param = torch.nn.Parameter(p0.clone())
+    opt = torch.optim.AdamW([param], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    flat, m, v = p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+    for step in range(1, 5):
+        g = torch.randn(257, generator=gen, dtype=torch.float64)
+        param.grad = g.clone()
+        opt.step()
+        optimizer_steps.adamw_step_reference(flat, g, m, v, step, 1e-2, (0.9, 0.95), 1e-8, 0.1)
+        torch.testing.assert_close(flat, param.detach(), rtol=1e-13, atol=1e-15)
+    assert not torch.equal(flat, p0)
+
+
+def test_lion_reference_hand_computed():
+    p = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    m = torch.tensor([0.2, 0.0, -1.0, 0.0], dtype=torch.float64)
+    g = torch.tensor([-1.0, 0.5, 2.0, 0.0], dtype=torch.float64)
+    lr, (b1, b2), wd = 0.1, (0.9, 0.99), 0.5
+    c = b1 * m + (1 - b1) * g  # [0.08, 0.05, -0.7, 0.0]
+    expected_p = p * (1 - lr * wd) - lr * torch.tensor([1.0, 1.0, -1.0, 0.0], dtype=torch.float64)
+    assert torch.equal(torch.sign(c), torch.tensor([1.0, 1.0, -1.0, 0.0], dtype=torch.float64))
+    expected_m = b2 * m + (1 - b2) * g
+    optimizer_steps.lion_step_reference(p, g, m, lr, (b1, b2), wd)
+    torch.testing.assert_close(p, expected_p, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(m, expected_m, rtol=1e-15, atol=1e-15)
+
+
+# -- hardware techniques on the CPU --------------------------------------------------------------------
+def make_ctx() -> TrainContext:
+    workload = WORKLOADS["lm-tiny"]
+    run = RunSettings(
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=4,
+        base_batch_size=4,
+        seq_len=workload.seq_len,
+        lr=1e-2,
+        weight_decay=0.1,
+        betas=(0.9, 0.95),
+        warmup_frac=0.0,
+        grad_clip=None,
+        budget_tokens=None,
+        budget_steps=10,
+        budget_seconds=None,
+        eval_every_tokens=1000,
+        target_loss=0.0,
+    )
+    return TrainContext(run, workload, [])
+
+
+def tiny_model(seed: int = 0, bias: bool = True) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=50, seq_len=24, n_layer=2, n_head=2, d_model=32, bias=bias))
+
+
+def tiny_batch(seed: int = 0, weights: bool = False) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    inputs = torch.randint(0, 50, (3, 24), generator=gen)
+    targets = torch.randint(0, 50, (3, 24), generator=gen)
+    targets[0, :5] = -100
+    targets[2, :] = -100 if not weights else targets[2, :]
+    w = torch.tensor([0.5, 2.0, 1.0]) if weights else None
+    return Batch(inputs, targets, w)
+
+
+def technique(name: str, **options):
+    cls = TECHNIQUES[name]
+    return cls(build_config(cls, options, f"techniques.{name}"))
+
+
+@pytest.mark.parametrize("name", ["flash_attention", "fused_norm", "fused_cross_entropy", "fused_optimizer"])
+def test_techniques_registered_with_paper_and_category(name):
+    cls = TECHNIQUES[name]
+    assert cls.category in ("hardware/kernels", "hardware/efficient_attention") and cls.paper
+    with pytest.raises(TechniqueError, match="backend"):
+        build_config(cls, {"backend": "cuda"}, f"techniques.{name}")
+
+
+def test_flash_attention_technique_swaps_attn_fn_and_records_reference():
+    ctx, model = make_ctx(), tiny_model()
+    batch = tiny_batch()
+    before = model(batch.inputs)
+    technique("flash_attention").build_model(model, ctx)
+    assert all(b.attn.attn_fn is flash_attention.attention_reference for b in model.blocks)
+    assert ctx.run.extra["kernel_backend.flash_attention"] == "reference"
+    torch.testing.assert_close(model(batch.inputs), before, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_backend_on_cpu_is_refused_not_silently_interpreted():
+    ctx, model = make_ctx(), tiny_model()
+    with pytest.raises(TechniqueError, match="interpreter"):
+        technique("flash_attention", backend="triton").build_model(model, ctx)
+
+
+def test_fused_norm_keeps_the_same_parameters_and_function():
+    ctx, model = make_ctx(), tiny_model()
+    batch = tiny_batch()
+    params_before = {name: p for name, p in model.named_parameters()}
+    before = model(batch.inputs)
+    technique("fused_norm").build_model(model, ctx)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert type(model.blocks[0].norm1).__name__ == "FusedLayerNorm"
+    after = dict(model.named_parameters())
+    assert after.keys() == params_before.keys() and all(after[k] is params_before[k] for k in after)
+    torch.testing.assert_close(model(batch.inputs), before, rtol=1e-6, atol=1e-6)
+    assert ctx.run.extra["kernel_backend.layer_norm"] == "reference"
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_fused_cross_entropy_loss_and_grads_equal_default_loss(weights):
+    ctx, model = make_ctx(), tiny_model()
+    batch = tiny_batch(weights=weights)
+    reference = default_loss(model, batch)
+    reference.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    technique("fused_cross_entropy", chunk_size=7).build_model(model, ctx)
+    loss = ctx.loss_fn(model, batch)
+    loss.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+    assert ctx.run.extra["kernel_backend.linear_cross_entropy"] == "reference"
+
+
+def test_fused_optimizer_adamw_matches_torch_adamw_with_decay_groups():
+    from benchbed.techniques.compute.adamw import decay_groups
+
+    ctx = make_ctx()
+    # no biases: the key bias gets a gradient of pure rounding noise (softmax ignores it), which Adam
+    # normalises to steps of size lr in arbitrary directions
+    fused_model, plain_model = tiny_model(bias=False), tiny_model(bias=False)
+    fused_params = [p for p in fused_model.parameters() if p.requires_grad]
+    optimizer = technique("fused_optimizer").build_optimizer(fused_params, ctx)
+    plain = torch.optim.AdamW(
+        decay_groups(list(plain_model.parameters()), 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8
+    )
+    for step in range(3):
+        batch = tiny_batch(seed=step)
+        for model, opt in ((fused_model, optimizer), (plain_model, plain)):
+            opt.zero_grad(set_to_none=True)
+            default_loss(model, batch).backward()
+            opt.step()
+    for (name, p), q in zip(fused_model.named_parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert optimizer.state[fused_params[0]]["exp_avg"].shape == fused_params[0].shape
+    assert ctx.run.extra["kernel_backend.adamw_step"] == "reference"
+
+
+def test_fused_optimizer_lion_follows_the_paper_update():
+    ctx = make_ctx()
+    model = tiny_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = technique("fused_optimizer", algorithm="lion", lr=0.01, weight_decay=0.0).build_optimizer(
+        params, ctx
+    )
+    before = [p.detach().clone() for p in params]
+    default_loss(model, tiny_batch()).backward()
+    grads = [p.grad.clone() for p in params]
+    optimizer.step()
+    for p, p0, g in zip(params, before, grads, strict=True):
+        # first step, zero momentum: update = sign((1 - beta1) * g) = sign(g)
+        torch.testing.assert_close(p.detach(), p0 - 0.01 * torch.sign(g), rtol=0, atol=1e-7)
+
+
+def test_fused_optimizer_config_is_validated():
+    with pytest.raises(TechniqueError, match="algorithm"):
+        build_config(TECHNIQUES["fused_optimizer"], {"algorithm": "sgd"}, "techniques.fused_optimizer")
+    with pytest.raises(TechniqueError, match="chunk_size"):
+        build_config(TECHNIQUES["fused_cross_entropy"], {"chunk_size": 0}, "techniques.fused_cross_entropy")
+    assert TECHNIQUES["fused_optimizer"].provides_optimizer
