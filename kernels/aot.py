@@ -10,10 +10,12 @@ MMA.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import subprocess
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from benchbed.kernels._triton import AotConfig, compilable
@@ -103,5 +105,24 @@ def compile_config(config: AotConfig, arch: int) -> CompileResult:
     )
 
 
-def compile_all(configs: list[AotConfig], archs: tuple[int, ...] = (90, 80)) -> list[CompileResult]:
-    return [compile_config(c, arch) for arch in archs for c in configs]
+def _compile_indexed(task: tuple[int, int]) -> CompileResult:
+    from benchbed.kernels import aot_configs
+
+    index, arch = task
+    return compile_config(aot_configs()[index], arch)
+
+
+def compile_all(
+    archs: tuple[int, ...] = (90, 80), jobs: int = 1, indices: list[int] | None = None
+) -> list[CompileResult]:
+    """Compile the registry's configurations (all, or those at ``indices``) for every arch, in
+    ``jobs`` processes (each compile is single-threaded; spawn, not fork, because torch is loaded)."""
+    from benchbed.kernels import aot_configs
+
+    configs = aot_configs()
+    chosen = list(range(len(configs))) if indices is None else list(indices)
+    tasks = [(i, arch) for arch in archs for i in chosen]
+    if jobs <= 1:
+        return [compile_config(configs[i], arch) for i, arch in tasks]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_compile_indexed, tasks))
