@@ -262,29 +262,6 @@ def leaderboard(cells: pd.DataFrame, rank_by: str) -> pd.DataFrame:
     return _stats_function("benchbed.stats", "leaderboard")(cells, rank_by=rank_by)
 
 
-def variant_summary(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (workload, variant) with the medians over seeds of the Pareto metrics, from
-    `benchbed.stats.summarize`."""
-    summary = _stats_function("benchbed.stats", "summarize")(cells)
-    return normalise_summary(summary)
-
-
-def normalise_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """Map the statistics module's summary columns to plain metric names the figures use."""
-    summary = summary.reset_index() if "workload" not in summary.columns else summary
-    out = summary.copy()
-    for metric in figures.METRICS:
-        if metric in out:
-            continue
-        for candidate in (f"{metric}_median", f"median_{metric}", f"{metric}_mean", f"{metric}_estimate"):
-            if candidate in out:
-                out[metric] = out[candidate]
-                break
-    if "variant" not in out and "techniques" in out:
-        out["variant"] = out["techniques"]
-    return out
-
-
 def gate_compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame):
     """`benchbed.gate.compare` on two runs' cells."""
     return _stats_function("benchbed.gate", "compare")(baseline_cells, candidate_cells)
@@ -412,17 +389,17 @@ th { background: #f5f7fa; } td:first-child, th:first-child { text-align: left; }
 .note { background: #eef6ff; border: 1px solid #b6d4fe; padding: .5rem 1rem; border-radius: 6px; }
 """
 
-#: rank_by value -> section title
+#: rank_by value -> section title. The report ranks by the two headline metrics; every table still
+#: carries peak memory and tokens/s with their intervals, and the dashboard ranks by those too.
 REPORT_RANKINGS = {
     "time_to_target_s": "time to target",
     "energy_to_target_j": "energy to target",
-    "peak_mem_bytes": "peak memory",
-    "tokens_per_s": "tokens per second",
 }
 
 TELEMETRY_CELLS_IN_REPORT = 6
 CURVE_VARIANTS_IN_REPORT = 8
 ROWS_PER_TABLE_IN_REPORT = 60
+LEADERBOARD_ROWS_PER_WORKLOAD_IN_REPORT = 15
 
 
 class _Page:
@@ -454,8 +431,9 @@ class _Page:
         self.plotly_js_included = True
 
 
-def _leaderboard_sections(page: _Page, cells: pd.DataFrame) -> list[str]:
-    order: list[str] = []
+def _leaderboard_sections(page: _Page, cells: pd.DataFrame) -> pd.DataFrame | None:
+    """One table per headline ranking; returns the time-to-target board (None without statistics)."""
+    time_board = None
     for rank_by, title in REPORT_RANKINGS.items():
         page.heading(f"Leaderboard: {title}", 3)
         reason = figures.not_measured_reason(cells, rank_by)
@@ -466,11 +444,22 @@ def _leaderboard_sections(page: _Page, cells: pd.DataFrame) -> list[str]:
             board = leaderboard(cells, rank_by)
         except StatsUnavailable as exc:
             page.note(str(exc))
-            return order
-        if not order and "variant" in board:
-            order = list(dict.fromkeys(board["variant"].astype(str)))
-        page.table(leaderboard_display(board, rank_by, cells))
-    return order
+            return None
+        if rank_by == "time_to_target_s":
+            time_board = board
+        groups = [c for c in ("workload", "device") if c in board]
+        top = (
+            board.groupby(groups, sort=False).head(LEADERBOARD_ROWS_PER_WORKLOAD_IN_REPORT)
+            if groups
+            else board
+        )
+        page.table(leaderboard_display(top, rank_by, cells))
+        if len(top) < len(board):
+            page.note(
+                f"best {LEADERBOARD_ROWS_PER_WORKLOAD_IN_REPORT} per workload and device shown "
+                f"({len(board)} configurations in all); the dashboard lists them all"
+            )
+    return time_board
 
 
 def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, list[str]]:
@@ -490,7 +479,8 @@ def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, li
     cells = loaded.cells
     if len(cells):
         page.heading("Leaderboard")
-        order = _leaderboard_sections(page, cells)
+        time_board = _leaderboard_sections(page, cells)
+        order = list(dict.fromkeys(time_board["variant"].astype(str))) if time_board is not None else []
         variants = (
             order[:CURVE_VARIANTS_IN_REPORT]
             or sorted(cells["variant"].astype(str).unique())[:CURVE_VARIANTS_IN_REPORT]
@@ -501,12 +491,14 @@ def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, li
             page.figure(figures.curves_figure(loaded.curves, cells, x=axis, variants=variants))
 
         page.heading("Pareto fronts")
-        try:
-            summary = variant_summary(cells)
-            page.figure(figures.pareto_figure(summary, "time_to_target_s", "energy_to_target_j"))
-            page.figure(figures.pareto_figure(summary, "time_to_target_s", "peak_mem_bytes"))
-        except StatsUnavailable as exc:
-            page.note(str(exc))
+        if time_board is None:
+            page.note("Pareto fronts need the statistics module's per-configuration medians")
+        for y in ("energy_to_target_j", "peak_mem_bytes"):
+            reason = figures.not_measured_reason(cells, y)
+            if reason and reason.startswith("not measured"):
+                page.note(f"time against {figures.METRICS[y][0]}: {reason}")
+            elif time_board is not None:
+                page.figure(figures.pareto_figure(time_board, "time_to_target_s", y))
 
         page.heading("Telemetry")
         chosen = cells.head(TELEMETRY_CELLS_IN_REPORT)

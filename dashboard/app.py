@@ -27,6 +27,7 @@ RANKINGS = {
 }
 
 MAX_TELEMETRY_CELLS = 12
+CHART_ROWS_PER_WORKLOAD = 15
 DEFAULT_CURVE_VARIANTS = 6
 VERDICT_COLOURS = {
     "regression": "#fde8e8",
@@ -57,7 +58,9 @@ def files_stamp(dirs: tuple[str, ...]) -> tuple:
     return tuple(stamp)
 
 
-@st.cache_data(show_spinner="Reading results…", max_entries=4)
+# cache_resource, not cache_data: the frames are only read, and copying a million telemetry rows
+# out of the cache on every interaction would cost more than the page itself.
+@st.cache_resource(show_spinner="Reading results…", max_entries=4)
 def load(dirs: tuple[str, ...], stamp: tuple) -> report.DisplayResults:
     return report.load_for_display(list(dirs))
 
@@ -73,9 +76,25 @@ def cached_leaderboard(dirs: tuple[str, ...], stamp: tuple, filters: tuple, rank
     return report.leaderboard(cells, rank_by)
 
 
-@st.cache_data(show_spinner="Summarising…", max_entries=32)
-def cached_summary(dirs: tuple[str, ...], stamp: tuple, filters: tuple) -> pd.DataFrame:
-    return report.variant_summary(filtered_cells(load(dirs, stamp).cells, filters))
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_leaderboard_table(
+    dirs: tuple[str, ...], stamp: tuple, filters: tuple, rank_by: str
+) -> pd.DataFrame:
+    cells = filtered_cells(load(dirs, stamp).cells, filters)
+    return report.leaderboard_display(cached_leaderboard(dirs, stamp, filters, rank_by), rank_by, cells)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_curves_figure(dirs: tuple[str, ...], stamp: tuple, filters: tuple, axis: str, variants: tuple):
+    data = load(dirs, stamp)
+    return figures.curves_figure(
+        data.curves, filtered_cells(data.cells, filters), x=axis, variants=list(variants)
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_telemetry_figure(dirs: tuple[str, ...], stamp: tuple, labels: tuple):
+    return figures.telemetry_figure(load(dirs, stamp).telemetry, dict(labels))
 
 
 @st.cache_data(show_spinner="Comparing runs…", max_entries=16)
@@ -117,9 +136,11 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
         "Order and confidence intervals from benchbed.stats; a target never reached ranks as infinitely "
         "slow; 'not measured' means this machine could not measure the metric."
     )
-    st.dataframe(report.leaderboard_display(board, rank_by, cells), hide_index=True, key="leaderboard_table")
+    table = cached_leaderboard_table(dirs, stamp, filters, rank_by)
+    st.dataframe(table, hide_index=True, key="leaderboard_table")
     plot = leaderboard_plot_columns(board, rank_by)
     if plot is not None:
+        st.caption(f"The best {CHART_ROWS_PER_WORKLOAD} per workload and device, with their 95% intervals.")
         st.plotly_chart(figures.leaderboard_figure(*plot, label=choice), key="leaderboard_chart")
 
 
@@ -130,15 +151,18 @@ def leaderboard_plot_columns(board: pd.DataFrame, rank_by: str):
         return None
     low = next((c for c in (f"{rank_by}_ci_low", f"{rank_by}_low", "ci_low") if c in board), None)
     high = next((c for c in (f"{rank_by}_ci_high", f"{rank_by}_high", "ci_high") if c in board), None)
-    labelled = board.copy()
+    groups = [c for c in ("workload", "device") if c in board]
+    labelled = (
+        board.groupby(groups, sort=False).head(CHART_ROWS_PER_WORKLOAD).copy() if groups else board.copy()
+    )
     parts = [c for c in ("workload", "variant") if c in board]
-    labelled["__row_label"] = labelled[parts].astype(str).agg(" · ".join, axis=1) if parts else board.index
-    if "is_baseline" in board:
-        labelled["__is_baseline"] = board["is_baseline"].fillna(False).astype(bool)
+    labelled["__row_label"] = labelled[parts].astype(str).agg(" · ".join, axis=1) if parts else labelled.index
+    if "is_baseline" in labelled:
+        labelled["__is_baseline"] = labelled["is_baseline"].fillna(False).astype(bool)
     return labelled, value, low, high
 
 
-def view_curves(data, cells, *_) -> None:
+def view_curves(data, cells, dirs, stamp, filters) -> None:
     st.subheader("Curves")
     axis = st.radio(
         "x axis", list(figures.CURVE_AXES), format_func=figures.CURVE_AXES.get, horizontal=True, key="curve_x"
@@ -151,14 +175,14 @@ def view_curves(data, cells, *_) -> None:
     default = (baseline + [v for v in variants if v not in baseline])[:DEFAULT_CURVE_VARIANTS]
     chosen = st.multiselect("Variants", variants, default=default, key="curve_variants")
     st.caption("Median over seeds; the band spans the fastest and slowest seed; dashed: the target loss.")
-    st.plotly_chart(figures.curves_figure(data.curves, cells, x=axis, variants=chosen), key="curves_chart")
+    st.plotly_chart(cached_curves_figure(dirs, stamp, filters, axis, tuple(chosen)), key="curves_chart")
 
 
 def view_pareto(data, cells, dirs, stamp, filters) -> None:
     st.subheader("Pareto fronts")
     st.caption(
-        "One point per configuration (median over seeds). Red: not beaten on both axes by any other "
-        "configuration of the same workload."
+        "One point per configuration (its median over seeds, from benchbed.stats). Red: not beaten on "
+        "both axes by any other configuration of the same workload."
     )
     measured = []
     for y in ("energy_to_target_j", "peak_mem_bytes"):
@@ -170,7 +194,8 @@ def view_pareto(data, cells, dirs, stamp, filters) -> None:
     if not measured:
         return
     try:
-        summary = cached_summary(dirs, stamp, filters)
+        # the leaderboard holds the per-configuration medians of every metric: one statistics pass
+        summary = cached_leaderboard(dirs, stamp, filters, "time_to_target_s")
     except report.StatsUnavailable as exc:
         st.warning(f"Pareto view unavailable: {exc}")
         return
@@ -178,7 +203,7 @@ def view_pareto(data, cells, dirs, stamp, filters) -> None:
         st.plotly_chart(figures.pareto_figure(summary, "time_to_target_s", y), key=f"pareto_{y}")
 
 
-def view_telemetry(data, cells, *_) -> None:
+def view_telemetry(data, cells, dirs, stamp, filters) -> None:
     st.subheader("Telemetry")
     variants = options(cells, "variant")
     chosen = st.multiselect("Variants", variants, default=variants[:1], key="telemetry_variants")
@@ -187,7 +212,7 @@ def view_telemetry(data, cells, *_) -> None:
         st.caption(f"{len(picked)} cells match; the first {MAX_TELEMETRY_CELLS} are drawn.")
         picked = picked.head(MAX_TELEMETRY_CELLS)
     labels = report.cell_labels(picked)
-    st.plotly_chart(figures.telemetry_figure(data.telemetry, labels), key="telemetry_chart")
+    st.plotly_chart(cached_telemetry_figure(dirs, stamp, tuple(labels.items())), key="telemetry_chart")
 
 
 def _colour_verdicts(frame: pd.DataFrame):
