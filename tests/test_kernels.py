@@ -288,3 +288,66 @@ def test_fused_optimizer_config_is_validated():
     with pytest.raises(TechniqueError, match="chunk_size"):
         build_config(TECHNIQUES["fused_cross_entropy"], {"chunk_size": 0}, "techniques.fused_cross_entropy")
     assert TECHNIQUES["fused_optimizer"].provides_optimizer
+
+
+# -- `benchbed kernels` CLI on the CPU ---------------------------------------------------------------
+def test_kernels_list_cli(capsys):
+    from benchbed.kernels.cli import cli_main
+
+    assert cli_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(op in out for op in kernels.REGISTRY)
+
+
+def test_kernels_bench_cli_on_cpu_writes_parquet_and_says_what_ran(tmp_path, capsys):
+    import pandas as pd
+
+    from benchbed.kernels.cli import COLUMNS, cli_main
+
+    assert (
+        cli_main(["bench", "--out", str(tmp_path), "--ops", "rms_norm,lion_step", "--repeats", "2", "--cpu"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "Not GPU numbers" in err and "Triton cases skipped" in err
+    frame = pd.read_parquet(tmp_path / "kernels.parquet")
+    assert list(frame.columns) == COLUMNS
+    assert set(frame.op) == {"rms_norm", "lion_step"} and "triton" not in set(frame.backend)
+    assert set(frame[frame.op == "lion_step"].backend) == {"reference", "foreach"}
+    assert (frame.median_ms > 0).all() and (frame.device == "cpu").all()
+    assert frame.peak_mem_bytes.isna().all()  # not measured on the CPU: NaN, never 0
+    assert frame.tflops.isna().all() and (frame.gb_s > 0).all()
+
+
+def test_kernels_bench_cli_interpreter_rows_are_labelled(tmp_path):
+    import pandas as pd
+
+    from benchbed.kernels.cli import cli_main
+
+    assert (
+        cli_main(
+            [
+                "bench",
+                "--out",
+                str(tmp_path),
+                "--ops",
+                "layer_norm",
+                "--repeats",
+                "1",
+                "--cpu",
+                "--interpreter",
+            ]
+        )
+        == 0
+    )
+    frame = pd.read_parquet(tmp_path / "kernels.parquet")
+    triton_rows = frame[frame.backend == "triton"]
+    assert len(triton_rows) == 2 and triton_rows.note.str.contains("interpreter").all()
+
+
+def test_kernels_bench_cli_bad_input(tmp_path, capsys):
+    from benchbed.kernels.cli import cli_main
+
+    assert cli_main(["bench", "--out", str(tmp_path), "--ops", "nope", "--cpu"]) == 2
+    assert "--ops" in capsys.readouterr().err
+    assert cli_main(["bench", "--out", str(tmp_path), "--repeats", "0"]) == 2
