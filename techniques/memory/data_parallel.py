@@ -30,6 +30,8 @@ from benchbed.techniques.base import Technique, TechniqueError, register
 @dataclass(frozen=True)
 class DataParallelConfig:
     world_size: int = 2
+    # DDP must be told when a step leaves parameters without gradients (layer_drop, progressive_stacking)
+    find_unused_parameters: bool = False
 
     def check(self) -> None:
         if self.world_size < 1:
@@ -54,6 +56,12 @@ class DataParallel(Technique):
                 f"(torchrun --nproc-per-node={self.config.world_size}); this process was launched with "
                 f"WORLD_SIZE={launched or 'unset'}"
             )
+        skipping = [n for n in cell.get("techniques", ()) if n in ("layer_drop", "progressive_stacking")]
+        if skipping and not self.config.find_unused_parameters:
+            raise TechniqueError(
+                f"techniques.data_parallel.find_unused_parameters: {skipping[0]} skips blocks, so some steps leave "
+                "parameters without gradients; set find_unused_parameters = true"
+            )
         if cell.get("device") == "cuda" and torch.cuda.device_count() < self.config.world_size:
             raise TechniqueError(
                 f"techniques.data_parallel.world_size: {self.config.world_size} processes need as many GPUs, "
@@ -72,5 +80,6 @@ class DataParallel(Technique):
 
     def build_model(self, model, ctx):
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=device_ids)
-        return wrapped
+        return DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
+        )
