@@ -132,17 +132,33 @@ def curves_figure(
         reason = not_measured_reason(cells, "energy_j")
     if reason:
         return _empty_figure(f"validation loss against {CURVE_AXES[x]}: {reason}")
-    meta = cells[["cell_id", "workload", "variant", "target_loss"]]
+    meta = cells[
+        ["cell_id", "workload", "variant", "target_loss"] + (["run_id"] if "run_id" in cells else [])
+    ]
     if variants is not None:
         meta = meta[meta["variant"].isin(variants)]
-    joined = curves.merge(meta, on="cell_id", how="inner")
+    order = list(variants) if variants else sorted(meta["variant"].astype(str).unique())
+    colors = {v: _color(i) for i, v in enumerate(order)}
+    dashes: dict[str, str] = {}
+    if "run_id" in meta and meta["run_id"].nunique() > 1:
+        # seeds of different runs are different measurements: one line (and band) per variant and run,
+        # the variant's colour kept and the run told apart by the dash
+        run_ids = sorted(meta["run_id"].astype(str).unique())
+        meta = meta.assign(variant=meta["variant"].astype(str) + " · " + meta["run_id"].astype(str))
+        series = [f"{v} · {r}" for v in order for r in run_ids]
+        colors = {f"{v} · {r}": colors[v] for v in order for r in run_ids}
+        dashes = {
+            f"{v} · {r}": ("solid", "dash", "dot", "dashdot")[i % 4]
+            for v in order
+            for i, r in enumerate(run_ids)
+        }
+        order = series
+    joined = curves.drop(columns=["run_id"], errors="ignore").merge(meta, on="cell_id", how="inner")
     if joined.empty:
         return _empty_figure("no curves for the selected cells")
     workloads = sorted(joined["workload"].unique())
     rows, cols = _subplot_grid(len(workloads))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=workloads, horizontal_spacing=0.08)
-    order = variants or sorted(joined["variant"].unique())
-    colors = {v: _color(i) for i, v in enumerate(order)}
     for w_index, workload in enumerate(workloads):
         row, col = divmod(w_index, cols)
         part = joined[joined["workload"] == workload]
@@ -175,7 +191,7 @@ def curves_figure(
                     name=variant,
                     legendgroup=variant,
                     showlegend=first,
-                    line={"color": color, "width": 2},
+                    line={"color": color, "width": 2, "dash": dashes.get(variant, "solid")},
                     hovertemplate=f"{variant}<br>{CURVE_AXES[x]}=%{{x:.4g}}<br>val loss=%{{y:.4f}}<extra></extra>",
                 ),
                 row=row + 1,
@@ -195,8 +211,8 @@ def curves_figure(
     fig.update_yaxes(title_text="validation loss")
     fig.update_layout(
         template=TEMPLATE,
-        height=height_per_row * rows + 60,
-        legend={"orientation": "h", "y": -0.18},
+        height=height_per_row * rows + 120,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2 / rows},
         margin={"t": 40, "l": 60, "r": 20, "b": 40},
     )
     return fig
@@ -226,7 +242,7 @@ def pareto_figure(summary: pd.DataFrame, x: str, y: str, height_per_row: int = 3
     """Scatter of per-variant medians `x` against `y`, one panel per workload, the front joined by a line.
 
     `summary` has one row per (workload, variant) with `x` and `y` columns (medians over seeds)."""
-    x_label, y_label = METRICS.get(x, (x, True))[0], METRICS.get(y, (y, True))[0]
+    x_label, y_label = (METRICS.get(c, (c, True))[0].replace("(bytes)", "(GiB)") for c in (x, y))
     if summary.empty:
         return _empty_figure("no variants to plot")
     workloads = sorted(summary["workload"].unique())
@@ -239,6 +255,7 @@ def pareto_figure(summary: pd.DataFrame, x: str, y: str, height_per_row: int = 3
         finite = np.isfinite(part[[x, y]].astype(float)).all(axis=1)
         plotted = part[finite]
         dropped_total += len(part) - len(plotted)
+        plotted = plotted.assign(**{c: plotted[c] / 2**30 for c in (x, y) if c.endswith("_bytes")})
         front = pareto_front(plotted, x, y)
         others = plotted[~front]
         front_points = plotted[front].sort_values(x)
@@ -273,7 +290,7 @@ def pareto_figure(summary: pd.DataFrame, x: str, y: str, height_per_row: int = 3
                 marker={"size": 11, "color": "#d62728"},
                 line={"color": "#d62728", "dash": "dot"},
                 text=front_points["variant"],
-                textposition="top right",
+                textposition="top center",
                 textfont={"size": 10},
                 hovertemplate="%{text}<br>"
                 + x_label
@@ -422,7 +439,10 @@ def kernel_speedups(kernels: pd.DataFrame) -> pd.DataFrame:
     )
     others = kernels[kernels["backend"] != REFERENCE_BACKEND].merge(reference, on=keys, how="left")
     others["speedup"] = others["reference_ms"] / others["median_ms"]
-    return others.sort_values(keys + ["backend"]).reset_index(drop=True)
+    # shapes stay in the order they were benchmarked (usually small to large), not sorted as text
+    others = others.sort_values(["op", "backend"], kind="stable").reset_index(drop=True)
+    first = ["op", "backend", "shape", "dtype", "mode", "speedup", "median_ms", "reference_ms"]
+    return others[[c for c in first if c in others] + [c for c in others if c not in first]]
 
 
 def kernels_figure(speedups: pd.DataFrame, height_per_row: int = 320) -> go.Figure:
@@ -473,23 +493,27 @@ def leaderboard_figure(
     board: pd.DataFrame, value: str, low: str | None, high: str | None, label: str
 ) -> go.Figure:
     """Horizontal bars of `value` per leaderboard row (in the board's order) with CI whiskers."""
-    plotted = board.dropna(subset=[value]) if value in board else board.iloc[0:0]
-    if plotted.empty:
+    plotted = board if value in board else board.iloc[0:0]
+    if plotted.empty or not np.isfinite(plotted[value].astype(float)).any():
         return _empty_figure(f"{label}: no value to plot")
     names = plotted["__row_label"] if "__row_label" in plotted else plotted.index.astype(str)
+    finite = np.isfinite(plotted[value].astype(float))
+    missing_text = "not reached" if "to_target" in value else "not measured"
     error = None
     if low and high and low in plotted and high in plotted:
         error = {
             "type": "data",
             "symmetric": False,
-            "array": (plotted[high] - plotted[value]).clip(lower=0),
-            "arrayminus": (plotted[value] - plotted[low]).clip(lower=0),
+            "array": (plotted[high] - plotted[value]).clip(lower=0).where(finite, 0.0),
+            "arrayminus": (plotted[value] - plotted[low]).clip(lower=0).where(finite, 0.0),
             "color": "#333",
         }
     fig = go.Figure(
         go.Bar(
-            x=plotted[value],
+            x=plotted[value].where(finite, 0.0),
             y=names,
+            text=["" if ok else missing_text for ok in finite],
+            textposition="outside",
             orientation="h",
             error_x=error,
             marker_color=[

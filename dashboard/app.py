@@ -106,8 +106,16 @@ def cached_compare(dirs: tuple[str, ...], stamp: tuple, filters: tuple, base_run
 
 
 def filtered_cells(cells: pd.DataFrame, filters: tuple) -> pd.DataFrame:
-    workloads, devices, scenarios, categories = (list(f) for f in filters)
+    run_ids, workloads, devices, scenarios, categories = (list(f) for f in filters)
+    if run_ids:
+        cells = cells[cells["run_id"].astype(str).isin(run_ids)]
     return report.filter_cells(cells, workloads, devices, scenarios, categories)
+
+
+def baseline_mask(cells: pd.DataFrame) -> pd.Series:
+    if "is_baseline" in cells:
+        return cells["is_baseline"].fillna(False).astype(bool)
+    return pd.Series(False, index=cells.index)
 
 
 def options(cells: pd.DataFrame, column: str) -> list[str]:
@@ -168,10 +176,7 @@ def view_curves(data, cells, dirs, stamp, filters) -> None:
         "x axis", list(figures.CURVE_AXES), format_func=figures.CURVE_AXES.get, horizontal=True, key="curve_x"
     )
     variants = options(cells, "variant")
-    is_baseline = (
-        cells["is_baseline"].fillna(False).astype(bool) if "is_baseline" in cells else cells["variant"].isna()
-    )
-    baseline = options(cells[is_baseline], "variant")
+    baseline = options(cells[baseline_mask(cells)], "variant")
     default = (baseline + [v for v in variants if v not in baseline])[:DEFAULT_CURVE_VARIANTS]
     chosen = st.multiselect("Variants", variants, default=default, key="curve_variants")
     st.caption("Median over seeds; the band spans the fastest and slowest seed; dashed: the target loss.")
@@ -205,9 +210,15 @@ def view_pareto(data, cells, dirs, stamp, filters) -> None:
 
 def view_telemetry(data, cells, dirs, stamp, filters) -> None:
     st.subheader("Telemetry")
-    variants = options(cells, "variant")
-    chosen = st.multiselect("Variants", variants, default=variants[:1], key="telemetry_variants")
-    picked = cells[cells["variant"].astype(str).isin(chosen)]
+    left, right = st.columns([1, 2])
+    workload = left.selectbox("Workload", options(cells, "workload"), key="telemetry_workload")
+    in_workload = cells[cells["workload"].astype(str) == workload]
+    variants = options(in_workload, "variant")
+    baseline = options(in_workload[baseline_mask(in_workload)], "variant")
+    chosen = right.multiselect(
+        "Variants", variants, default=(baseline or variants)[:1], key="telemetry_variants"
+    )
+    picked = in_workload[in_workload["variant"].astype(str).isin(chosen)]
     if len(picked) > MAX_TELEMETRY_CELLS:
         st.caption(f"{len(picked)} cells match; the first {MAX_TELEMETRY_CELLS} are drawn.")
         picked = picked.head(MAX_TELEMETRY_CELLS)
@@ -253,6 +264,8 @@ def view_compare(data, cells, dirs, stamp, filters) -> None:
     per_cell = table.pivot_table(
         index=["workload", "variant"], columns="metric", values="verdict", aggfunc="first"
     ).reset_index()
+    first = ["workload", "variant", "reached", "time_to_target_s", "energy_to_target_j", "peak_mem_bytes"]
+    per_cell = per_cell[[c for c in first if c in per_cell] + [c for c in per_cell if c not in first]]
     st.caption("Verdict of benchbed.gate per configuration and metric (the CI gate's own verdicts).")
     st.dataframe(_colour_verdicts(per_cell), hide_index=True, key="compare_verdicts")
     with st.expander("Every comparison with ratios, p-values and notes"):
@@ -300,6 +313,7 @@ def main() -> None:
     st.sidebar.caption(f"{len(data.runs)} run(s) · {len(cells)} cell(s)")
 
     st.sidebar.markdown("**Filters** (empty = all)")
+    run_ids = st.sidebar.multiselect("Run", options(cells, "run_id"), key="filter_run")
     workloads = st.sidebar.multiselect("Workload", options(cells, "workload"), key="filter_workload")
     devices = st.sidebar.multiselect("Device", options(cells, "device"), key="filter_device")
     scenarios = st.sidebar.multiselect("Scenario", options(cells, "scenario"), key="filter_scenario")
@@ -311,7 +325,7 @@ def main() -> None:
         key="filter_category",
         help="Keeps configurations using a technique of a chosen category; baselines always stay.",
     )
-    filters = (tuple(workloads), tuple(devices), tuple(scenarios), tuple(categories))
+    filters = (tuple(run_ids), tuple(workloads), tuple(devices), tuple(scenarios), tuple(categories))
     shown = filtered_cells(cells, filters)
 
     if cells.empty and view != "Kernels":

@@ -85,6 +85,14 @@ def test_workload_filter_changes_the_table(monkeypatch, runs):
     assert len(after) == len(before) // 2
 
 
+def test_run_filter_keeps_one_runs_cells(monkeypatch, runs):
+    pytest.importorskip("benchbed.stats")
+    app = start(monkeypatch, runs["a"], runs["b"])
+    assert set(app.dataframe[0].value["reached"]) <= {"10/10", "0/10"}  # seeds of both runs pooled
+    app.sidebar.multiselect(key="filter_run").set_value(["run-b"]).run()
+    assert set(app.dataframe[0].value["reached"]) <= {"5/5", "0/5"}
+
+
 def test_category_filter_keeps_matching_techniques_and_the_baseline(monkeypatch, runs):
     pytest.importorskip("benchbed.stats")
     app = start(monkeypatch, runs["a"])
