@@ -351,3 +351,37 @@ def test_kernels_bench_cli_bad_input(tmp_path, capsys):
     assert cli_main(["bench", "--out", str(tmp_path), "--ops", "nope", "--cpu"]) == 2
     assert "--ops" in capsys.readouterr().err
     assert cli_main(["bench", "--out", str(tmp_path), "--repeats", "0"]) == 2
+
+
+# -- the train loop with every hardware technique on the CPU -------------------------------------
+def _train_lm_tiny(names: list[str], steps: int) -> tuple[dict, TrainContext]:
+    from benchbed.telemetry import Telemetry
+    from benchbed.train import build, train
+
+    w = WORKLOADS["lm-tiny"]
+    run = RunSettings(
+        device=torch.device("cpu"), seed=0, batch_size=8, base_batch_size=8, seq_len=w.seq_len, lr=w.lr,
+        weight_decay=w.weight_decay, betas=w.betas, warmup_frac=0.0, grad_clip=w.grad_clip, budget_tokens=None,
+        budget_steps=steps, budget_seconds=None, eval_every_tokens=10**9, target_loss=0.0, stop_at_target=False,
+    )  # fmt: skip
+    techniques = [TECHNIQUES[n](build_config(TECHNIQUES[n], {}, f"techniques.{n}")) for n in names]
+    if not any(t.provides_optimizer for t in techniques):
+        techniques.append(TECHNIQUES["adamw"]())
+    ctx = TrainContext(run, w, techniques)
+    build(ctx)
+    return train(ctx, w.make_data(), Telemetry(run.device, "test")), ctx
+
+
+@pytest.mark.slow
+def test_hardware_techniques_train_like_the_baseline_on_cpu():
+    """On the CPU every hardware technique runs its PyTorch reference, which computes the same
+    functions as the baseline model, loss and AdamW: the curves must agree (to float32 reordering)."""
+    hardware = ["flash_attention", "fused_norm", "fused_cross_entropy", "fused_optimizer"]
+    fused, ctx = _train_lm_tiny(hardware, steps=8)
+    baseline, _ = _train_lm_tiny([], steps=8)
+    first, last = fused["curves"][0]["val_loss"], fused["curves"][-1]["val_loss"]
+    assert math.isfinite(last) and last < first - 0.3, (first, last)
+    assert last == pytest.approx(baseline["curves"][-1]["val_loss"], rel=2e-3)
+    assert {
+        ctx.run.extra[f"kernel_backend.{op}"] for op in ("flash_attention", "layer_norm", "adamw_step")
+    } == {"reference"}
