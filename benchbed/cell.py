@@ -27,14 +27,26 @@ from benchbed import store
 from benchbed.config import Cell
 from benchbed.data import DataError
 from benchbed.techniques import REGISTRY, build_config
-from benchbed.train import RunSettings, TrainContext, build, default_device, peak_flops, seed_everything, train
+from benchbed.train import (
+    RunSettings,
+    TrainContext,
+    build,
+    default_device,
+    peak_flops,
+    seed_everything,
+    train,
+)
 from benchbed.workloads import WORKLOADS, with_data
 
 
 def git_sha() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=os.path.dirname(__file__)
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=os.path.dirname(__file__),
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -72,6 +84,7 @@ def base_row(spec: dict) -> dict:
         "torch_version": torch.__version__,
         "git_sha": spec.get("git_sha"),
         "error": None,
+        "started_at": now_iso(),
     }
 
 
@@ -111,7 +124,10 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
     device = default_device(cell.device)
     seed_everything(cell.seed, device)
     workload = with_data(WORKLOADS[cell.workload], cell.data, cell.base_dir)
-    techniques = [REGISTRY[n](build_config(REGISTRY[n], cell.options.get(n, {}), f"techniques.{n}")) for n in cell.techniques]
+    techniques = [
+        REGISTRY[n](build_config(REGISTRY[n], cell.options.get(n, {}), f"techniques.{n}"))
+        for n in cell.techniques
+    ]
     run = RunSettings(
         device=device,
         seed=cell.seed,
@@ -130,14 +146,21 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         target_loss=cell.target_loss,
         stop_at_target=cell.stop_at_target,
     )
-    view = {"device": device.type, "techniques": list(cell.techniques), "batch_size": cell.batch_size, "workload": cell.workload}
+    view = {
+        "device": device.type,
+        "techniques": list(cell.techniques),
+        "batch_size": cell.batch_size,
+        "workload": cell.workload,
+    }
     for t in techniques:
         t.validate(view)
     for t in techniques:
         t.configure(run)
     row = base_row(spec)
     row.update(
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        device_name=torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         loss_floor=math.nan,
         started_at=started,
     )
@@ -149,7 +172,11 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
     build(ctx)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    telemetry = Telemetry(device=device, cell_id=cell.cell_id, **({"idle_power_w": spec["idle_power_w"]} if "idle_power_w" in spec else {}))
+    telemetry = Telemetry(
+        device=device,
+        cell_id=cell.cell_id,
+        **({"idle_power_w": spec["idle_power_w"]} if "idle_power_w" in spec else {}),
+    )
     telemetry.start()
     outcome: dict
     try:

@@ -38,9 +38,24 @@ def print_ranked_table(cells, title: str) -> None:
     from benchbed.stats import leaderboard
 
     board = leaderboard(cells)
-    table = Table(title=title, caption="median over seeds; '-' = target not reached (ranks last) or not measured")
-    for col in ("rank", "variant", "reached", "time to target", "tokens to target", "energy to target", "peak mem", "statuses"):
-        table.add_column(col, justify="right" if col not in ("variant", "statuses") else "left")
+    table = Table(
+        title=title, caption="median over seeds; '-' = target not reached (ranks last) or not measured"
+    )
+    for col in (
+        "rank",
+        "variant",
+        "reached",
+        "time to target",
+        "tokens to target",
+        "energy to target",
+        "peak mem",
+        "statuses",
+    ):
+        left = col in ("variant", "statuses")
+        widest = (
+            int(board["variant"].astype(str).str.len().max()) if col == "variant" and len(board) else None
+        )
+        table.add_column(col, justify="left" if left else "right", no_wrap=True, min_width=widest)
     for _, r in board.iterrows():
         energy = r.get("energy_to_target_j", math.nan)
         table.add_row(
@@ -49,11 +64,13 @@ def print_ranked_table(cells, title: str) -> None:
             f"{r['n_reached']}/{r['n_seeds']}",
             _fmt(r.get("time_to_target_s"), "s"),
             _fmt(r.get("tokens_to_target")),
-            "not measured" if energy is None or (isinstance(energy, float) and math.isnan(energy)) else f"{energy:.1f} J",
+            "not measured"
+            if energy is None or (isinstance(energy, float) and math.isnan(energy))
+            else f"{energy:.1f} J",
             _fmt(r.get("peak_mem_bytes"), "bytes"),
             str(r.get("status_counts", "")),
         )
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(160, Console().width)).print(table)
 
 
 def cmd_run(args) -> int:
@@ -72,7 +89,13 @@ def cmd_run(args) -> int:
         print(f"{scenario.name}: {len(todo) + len(done)} cell(s) -> {out_dir} ({len(done)} already done)")
         for c in todo + done:
             budget = ", ".join(
-                f"{k}={v}" for k, v in (("tokens", c.budget_tokens), ("steps", c.budget_steps), ("seconds", c.budget_seconds)) if v
+                f"{k}={v}"
+                for k, v in (
+                    ("tokens", c.budget_tokens),
+                    ("steps", c.budget_steps),
+                    ("seconds", c.budget_seconds),
+                )
+                if v
             )
             mark = "done" if c.cell_id in skip else "todo"
             print(
@@ -89,7 +112,10 @@ def cmd_run(args) -> int:
     print_ranked_table(cells, f"{scenario.name}: time-to-target ({out_dir})")
     errors = int((cells["status"] == "error").sum()) if "status" in cells else 0
     if errors:
-        print(f"benchbed: {errors} cell(s) ended in error; see the 'error' column of {out_dir / store.CELLS}", file=sys.stderr)
+        print(
+            f"benchbed: {errors} cell(s) ended in error; see the 'error' column of {out_dir / store.CELLS}",
+            file=sys.stderr,
+        )
         return EXIT_FAIL
     return EXIT_OK
 
@@ -145,12 +171,18 @@ def cmd_env(args) -> int:
 
     from benchbed.telemetry import describe_environment
 
-    print(f"python {platform.python_version()}  torch {torch.__version__}  cpu threads {torch.get_num_threads()}")
-    print(f"cuda: {'available: ' + ', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if torch.cuda.is_available() else 'not available'}")
+    print(
+        f"python {platform.python_version()}  torch {torch.__version__}  cpu threads {torch.get_num_threads()}"
+    )
+    print(
+        f"cuda: {'available: ' + ', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if torch.cuda.is_available() else 'not available'}"
+    )
     try:
         import triton
 
-        print(f"triton {triton.__version__} ({'GPU kernels' if torch.cuda.is_available() else 'CPU: kernels run only under TRITON_INTERPRET=1; the reference backend is used'})")
+        print(
+            f"triton {triton.__version__} ({'GPU kernels' if torch.cuda.is_available() else 'CPU: kernels run only under TRITON_INTERPRET=1; the reference backend is used'})"
+        )
     except ImportError:
         print("triton: not installed (kernels use the PyTorch reference)")
     print("what this machine can measure:")
@@ -173,7 +205,9 @@ def cmd_dashboard(args) -> int:
         "--server.address", args.host, "--server.port", str(args.port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]  # fmt: skip
-    print(f"benchbed dashboard: http://{args.host}:{args.port}  ({len(dirs)} results director{'y' if len(dirs) == 1 else 'ies'})")
+    print(
+        f"benchbed dashboard: http://{args.host}:{args.port}  ({len(dirs)} results director{'y' if len(dirs) == 1 else 'ies'})"
+    )
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
@@ -189,30 +223,62 @@ DELEGATED = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="benchbed", description="Benchmark efficient-transformer-training techniques by time and energy to a target loss.")
+    parser = argparse.ArgumentParser(
+        prog="benchbed",
+        description="Benchmark efficient-transformer-training techniques by time and energy to a target loss.",
+    )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("run", help="run a scenario matrix (default: the embedded quick scenario)", description="Run every cell of a scenario in its own process and print the ranked table. Cells already in --out are skipped (resume).")
-    p.add_argument("scenario", nargs="?", help="scenario file, or the name of a shipped one (quick, optimizers, ...); default: quick")
+    p = sub.add_parser(
+        "run",
+        help="run a scenario matrix (default: the embedded quick scenario)",
+        description="Run every cell of a scenario in its own process and print the ranked table. Cells already in --out are skipped (resume).",
+    )
+    p.add_argument(
+        "scenario",
+        nargs="?",
+        help="scenario file, or the name of a shipped one (quick, optimizers, ...); default: quick",
+    )
     p.add_argument("--out", help="results directory (default: results/<scenario name>)")
-    p.add_argument("--only", metavar="PATTERN", help="run only cells whose id or variant matches (glob or substring)")
+    p.add_argument(
+        "--only", metavar="PATTERN", help="run only cells whose id or variant matches (glob or substring)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
-    p.add_argument("--retry-failed", action="store_true", help="re-run cells that ended in oom, error or timeout")
-    p.add_argument("--repeat", type=int, metavar="K", help="run each (configuration, seed) K times (for noisy-metric statistics)")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="re-run cells that ended in oom, error or timeout"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        metavar="K",
+        help="run each (configuration, seed) K times (for noisy-metric statistics)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="list techniques, workloads or kernels", description="List what benchbed knows.")
+    p = sub.add_parser(
+        "list", help="list techniques, workloads or kernels", description="List what benchbed knows."
+    )
     p.add_argument("what", choices=("techniques", "workloads", "kernels"))
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("env", help="what this machine can measure", description="Print devices, versions and which sensors (power, energy, memory) this machine can read, and why not.")
+    p = sub.add_parser(
+        "env",
+        help="what this machine can measure",
+        description="Print devices, versions and which sensors (power, energy, memory) this machine can read, and why not.",
+    )
     p.set_defaults(func=cmd_env)
 
-    p = sub.add_parser("dashboard", help="open the Streamlit dashboard on results directories", description="Serve the dashboard for one or more results directories (read-only).")
+    p = sub.add_parser(
+        "dashboard",
+        help="open the Streamlit dashboard on results directories",
+        description="Serve the dashboard for one or more results directories (read-only).",
+    )
     p.add_argument("dirs", nargs="+", metavar="DIR")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_dashboard)
 

@@ -45,9 +45,10 @@ import json
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+import tomllib
 
 from benchbed.techniques import CATEGORIES, REGISTRY, TechniqueError, build_config
 from benchbed.workloads import WORKLOADS
@@ -120,7 +121,11 @@ class Cell:
             "options": self.options,
             "batch_size": self.batch_size,
             "lr": self.lr,
-            "budget": {"tokens": self.budget_tokens, "steps": self.budget_steps, "seconds": self.budget_seconds},
+            "budget": {
+                "tokens": self.budget_tokens,
+                "steps": self.budget_steps,
+                "seconds": self.budget_seconds,
+            },
             "target_loss": self.target_loss,
             "eval_every_tokens": self.eval_every_tokens,
             "stop_at_target": self.stop_at_target,
@@ -142,7 +147,9 @@ class Cell:
         parts = []
         for name in sorted(self.techniques):
             opts = self.options.get(name)
-            parts.append(name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "]" if opts else ""))
+            parts.append(
+                name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "]" if opts else "")
+            )
         label = "+".join(parts)
         wl = WORKLOADS.get(self.workload)
         if wl is not None and self.batch_size != wl.batch_size:
@@ -201,7 +208,9 @@ def resolve_scenario_path(name: str | None) -> str:
         return default_scenario_path()
     if os.path.exists(name):
         return name
-    shipped = importlib.resources.files("benchbed.scenarios") / (name if name.endswith(".toml") else name + ".toml")
+    shipped = importlib.resources.files("benchbed.scenarios") / (
+        name if name.endswith(".toml") else name + ".toml"
+    )
     if shipped.is_file():
         return str(shipped)
     return name  # load() reports it missing
@@ -361,8 +370,15 @@ def load(path: str, device_override: str | None = None, repeats_override: int | 
     known_axes = {"techniques", "batch_size", "lr", "workload"}
     for key in matrix:
         if key not in known_axes and "." not in key:
-            raise ck.fail(f"matrix.{key}", f"unknown axis{suggest(key, known_axes)} (techniques, batch_size, lr, workload, or TECHNIQUE.OPTION)")
-    combos = ck.list_of(matrix.get("techniques", [DEFAULT_OPTIMIZER]), "matrix.techniques", lambda v, f: _parse_combo(ck, v, f))
+            raise ck.fail(
+                f"matrix.{key}",
+                f"unknown axis{suggest(key, known_axes)} (techniques, batch_size, lr, workload, or TECHNIQUE.OPTION)",
+            )
+    combos = ck.list_of(
+        matrix.get("techniques", [DEFAULT_OPTIMIZER]),
+        "matrix.techniques",
+        lambda v, f: _parse_combo(ck, v, f),
+    )
     used = {n for c in combos for n in c}
 
     fixed_options = raw.get("techniques", {})
@@ -389,7 +405,11 @@ def load(path: str, device_override: str | None = None, repeats_override: int | 
     def lr_check(v, f):
         return float(ck.positive(v, f))
 
-    batch_axis = ck.list_of(matrix["batch_size"], "matrix.batch_size", batch_check) if "batch_size" in matrix else [None]
+    batch_axis = (
+        ck.list_of(matrix["batch_size"], "matrix.batch_size", batch_check)
+        if "batch_size" in matrix
+        else [None]
+    )
     lr_axis = ck.list_of(matrix["lr"], "matrix.lr", lr_check) if "lr" in matrix else [None]
 
     def options_for(combo) -> list[dict[str, dict[str, Any]]]:
@@ -459,7 +479,15 @@ def load(path: str, device_override: str | None = None, repeats_override: int | 
             for seed in [sel["seed"]] if "seed" in sel else seeds:
                 for repeat in range(repeats):
                     cells.append(
-                        make_cell(sel.get("workload", workloads[0]), combo, options, seed, repeat, sel.get("batch_size"), sel.get("lr"))
+                        make_cell(
+                            sel.get("workload", workloads[0]),
+                            combo,
+                            options,
+                            seed,
+                            repeat,
+                            sel.get("batch_size"),
+                            sel.get("lr"),
+                        )
                     )
 
     for i, entry in enumerate(ck.typed(raw.get("exclude", []), list, "exclude", "an array of tables")):
@@ -482,14 +510,21 @@ def load(path: str, device_override: str | None = None, repeats_override: int | 
         raise ck.fail("matrix", "no cells: every cell was excluded")
 
     for c in cells:
-        cell_view = {"device": c.device, "techniques": list(c.techniques), "batch_size": c.batch_size, "workload": c.workload}
+        cell_view = {
+            "device": c.device,
+            "techniques": list(c.techniques),
+            "batch_size": c.batch_size,
+            "workload": c.workload,
+        }
         for tname in c.techniques:
             cfg = build_config(REGISTRY[tname], c.options.get(tname, {}), f"techniques.{tname}")
             try:
                 REGISTRY[tname](cfg).validate(cell_view)
             except TechniqueError as exc:
                 msg = str(exc)
-                raise ScenarioError(f"{path}: {msg if msg.startswith('techniques') else f'techniques.{tname}: {msg}'}") from None
+                raise ScenarioError(
+                    f"{path}: {msg if msg.startswith('techniques') else f'techniques.{tname}: {msg}'}"
+                ) from None
 
     baseline_raw = raw.get("baseline")
     variants = [c.variant for c in cells]
@@ -500,7 +535,10 @@ def load(path: str, device_override: str | None = None, repeats_override: int | 
         combo = _parse_combo(ck, baseline_raw, "baseline")
         label = "+".join(sorted(combo))
         if label not in variants and baseline_raw not in variants:
-            raise ck.fail("baseline", f"'{baseline_raw}' is not a configuration of this scenario{suggest(label, set(variants))}")
+            raise ck.fail(
+                "baseline",
+                f"'{baseline_raw}' is not a configuration of this scenario{suggest(label, set(variants))}",
+            )
         baseline = baseline_raw if baseline_raw in variants else label
     cells = [dataclasses.replace(c, baseline=baseline) for c in cells]
     return Scenario(name=name, path=path, text=text, cells=cells, baseline=baseline, description=description)

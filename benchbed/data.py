@@ -38,10 +38,14 @@ class DataSource:
     vocab_size: int
     loss_floor: float | None = None  # nats per target token, where it is known exactly
 
-    def train_batches(self, batch_size: int, seq_len: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, batch_size: int, seq_len: int, seed: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
-    def val_batches(self, batch_size: int, seq_len: int, n_sequences: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(
+        self, batch_size: int, seq_len: int, n_sequences: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -133,7 +137,9 @@ class MarkovCopySource(DataSource):
 
     def _check_seq_len(self, seq_len: int) -> None:
         if seq_len != self.seq_len:
-            raise DataError(f"markov source: sequence length must be 2 * prefix_len - 1 = {self.seq_len}, got {seq_len}")
+            raise DataError(
+                f"markov source: sequence length must be 2 * prefix_len - 1 = {self.seq_len}, got {seq_len}"
+            )
 
     def train_batches(self, batch_size, seq_len, seed):
         self._check_seq_len(seq_len)
@@ -158,7 +164,9 @@ class MarkovCopySource(DataSource):
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(f"markov-copy:{self.vocab_size}:{self.prefix_len}:{self.branching}:{self.concentration}".encode())
+        h.update(
+            f"markov-copy:{self.vocab_size}:{self.prefix_len}:{self.branching}:{self.concentration}".encode()
+        )
         h.update(self.successors.tobytes())
         h.update(self.probs.tobytes())
         return h.hexdigest()[:16]
@@ -186,7 +194,9 @@ class _TokenArraySource(DataSource):
 
     def _need(self, tokens: np.ndarray, seq_len: int, what: str) -> None:
         if len(tokens) < seq_len + 2:
-            raise DataError(f"{self._label}: {what} split has {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
+            raise DataError(
+                f"{self._label}: {what} split has {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}"
+            )
 
     def train_batches(self, batch_size, seq_len, seed):
         self._need(self.train, seq_len, "train")

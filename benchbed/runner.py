@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -82,39 +83,34 @@ def run_cell_subprocess(
         json.dump(spec, f)
         spec_path = f.name
     env = {**os.environ, **(cell_env or {}), "PYTHONUNBUFFERED": "1"}
-    stderr_file = tempfile.TemporaryFile(mode="w+", dir=out_dir)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchbed.cell", spec_path, str(out_dir)],
-        stdout=subprocess.PIPE,
-        stderr=stderr_file,
-        text=True,
-        env=env,
-        start_new_session=True,  # a timeout kills the cell's whole process group
-    )
     timed_out = threading.Event()
+    with tempfile.TemporaryFile(mode="w+", dir=out_dir) as stderr_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchbed.cell", spec_path, str(out_dir)],
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            env=env,
+            start_new_session=True,  # a timeout kills the cell's whole process group
+        )
 
-    def kill_on_timeout():
-        timed_out.set()
+        def kill_on_timeout():
+            timed_out.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout_s, kill_on_timeout)
+        timer.start()
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    timer = threading.Timer(timeout_s, kill_on_timeout)
-    timer.start()
-    try:
-        for line in proc.stdout:
-            try:
-                on_event(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-        proc.wait()
-    finally:
-        timer.cancel()
-        os.unlink(spec_path)
-    stderr_file.seek(0)
-    tail = "".join(deque(stderr_file, maxlen=200))[-STDERR_TAIL_CHARS:]
-    stderr_file.close()
+            for line in proc.stdout:
+                with contextlib.suppress(json.JSONDecodeError):
+                    on_event(json.loads(line))
+            proc.wait()
+        finally:
+            timer.cancel()
+            os.unlink(spec_path)
+        stderr_file.seek(0)
+        tail = "".join(deque(stderr_file, maxlen=200))[-STDERR_TAIL_CHARS:]
     part = out_dir / store.PARTS / spec["cell_id"] / "row.json"
     if proc.returncode == 0 and part.is_file():
         return json.loads(part.read_text())
@@ -135,7 +131,13 @@ class Progress:
         self.total = total
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.progress import Progress as RichProgress
 
         self.bar = RichProgress(
@@ -177,14 +179,34 @@ class Progress:
             self.bar.stop()
 
 
-def plan(scenario: Scenario, out_dir: Path, *, only: str | None = None, retry_failed: bool = False) -> tuple[list[Cell], list[Cell]]:
+def _idle_power(cells: list[Cell], seconds: float = 5.0) -> dict:
+    """Idle power of the GPU before the first cell, so net energy can be reported beside gross."""
+    if not any(c.device == "cuda" for c in cells):
+        return {}
+    try:
+        import torch
+
+        from benchbed.telemetry import measure_idle_power
+
+        return measure_idle_power(seconds, torch.device("cuda", 0))
+    except Exception as exc:  # telemetry must never stop a run
+        return {"idle_sensor_errors": f"{type(exc).__name__}: {exc}"}
+
+
+def plan(
+    scenario: Scenario, out_dir: Path, *, only: str | None = None, retry_failed: bool = False
+) -> tuple[list[Cell], list[Cell]]:
     """(cells to run, cells already done) for this results directory."""
     import fnmatch
 
     done_rows = store.read_parts(out_dir)
     cells = scenario.cells
     if only:
-        cells = [c for c in cells if fnmatch.fnmatch(c.cell_id, only) or fnmatch.fnmatch(c.variant, only) or only in c.cell_id]
+        cells = [
+            c
+            for c in cells
+            if fnmatch.fnmatch(c.cell_id, only) or fnmatch.fnmatch(c.variant, only) or only in c.cell_id
+        ]
     todo, done = [], []
     for c in cells:
         row = done_rows.get(c.cell_id)
@@ -228,6 +250,10 @@ def run_scenario(
     store.atomic_write_json(out_dir / store.RUN_JSON, meta)
     store.consolidate(out_dir)  # make a run killed earlier whole before adding to it
     sha = meta["env"].get("git_sha")
+    idle = _idle_power(todo)
+    if idle:
+        meta["env"]["idle"] = idle
+        store.atomic_write_json(out_dir / store.RUN_JSON, meta)
     bar = Progress(len(todo), enabled=progress and sys.stderr.isatty())
     say = log or bar.log
     if done:
@@ -235,16 +261,26 @@ def run_scenario(
     try:
         for cell in todo:
             spec = {**cell.to_spec(), "run_id": run_id, "git_sha": sha}
+            if idle and cell.device == "cuda":
+                spec["idle_power_w"] = idle.get("idle_power_w")
             bar.cell(cell.cell_id)
             t0 = time.perf_counter()
             row = run_cell_subprocess(
-                spec, out_dir, cell.timeout_s, cell_env, on_event=lambda e, cid=cell.cell_id: bar.event(cid, e)
+                spec,
+                out_dir,
+                cell.timeout_s,
+                cell_env,
+                on_event=lambda e, cid=cell.cell_id: bar.event(cid, e),
             )
             store.consolidate(out_dir, tables=(store.CELLS,))
             bar.advance()
             say(
                 f"{cell.cell_id}: {row['status']}"
-                + (f" in {row['time_to_target_s']:.1f} s" if row.get("time_to_target_s") not in (None,) and row["status"] == "reached" else "")
+                + (
+                    f" in {row['time_to_target_s']:.1f} s"
+                    if row.get("time_to_target_s") not in (None,) and row["status"] == "reached"
+                    else ""
+                )
                 + f" ({time.perf_counter() - t0:.1f} s wall)"
                 + (f" -- {str(row.get('error')).splitlines()[0]}" if row.get("error") else "")
             )

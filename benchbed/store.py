@@ -82,7 +82,9 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
         raise
 
 
-def write_part(out_dir: Path, cell_id: str, row: dict, curves: pd.DataFrame | None, telemetry: pd.DataFrame | None) -> Path:
+def write_part(
+    out_dir: Path, cell_id: str, row: dict, curves: pd.DataFrame | None, telemetry: pd.DataFrame | None
+) -> Path:
     """Write one cell's results as a directory that appears atomically (replacing an older one)."""
     parts = Path(out_dir) / PARTS
     parts.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,10 @@ def read_parts(out_dir: Path) -> dict[str, dict]:
 def _rows_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for col in frame.columns:
-        if frame[col].dtype == object and frame[col].map(lambda v: v is None or isinstance(v, (int, float))).all():
+        if (
+            frame[col].dtype == object
+            and frame[col].map(lambda v: v is None or isinstance(v, (int, float))).all()
+        ):
             frame[col] = pd.to_numeric(frame[col], errors="coerce")  # None (NaN in JSON) -> NaN
     return frame
 
@@ -138,9 +143,17 @@ def consolidate(out_dir: Path, tables: tuple[str, ...] = (CELLS, CURVES, TELEMET
     for name, empty_cols in ((CURVES, CURVE_COLUMNS), (TELEMETRY, ["cell_id", "t_s"])):
         if name not in tables:
             continue
-        frames = [pd.read_parquet(out_dir / PARTS / cid / name) for cid in rows if (out_dir / PARTS / cid / name).is_file()]
+        frames = [
+            pd.read_parquet(out_dir / PARTS / cid / name)
+            for cid in rows
+            if (out_dir / PARTS / cid / name).is_file()
+        ]
         frames = [f for f in frames if len(f)]
-        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: pd.Series(dtype=float) for c in empty_cols})
+        table = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame({c: pd.Series(dtype=float) for c in empty_cols})
+        )
         atomic_write_parquet(out_dir / name, table)
     return cells
 
@@ -161,7 +174,9 @@ def _read_table(path: Path) -> pd.DataFrame | None:
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise StoreError(f"{path}: cannot read Parquet ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise StoreError(
+            f"{path}: cannot read Parquet ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
 
 
 def load(*dirs: str | os.PathLike) -> Results:
@@ -177,10 +192,14 @@ def load(*dirs: str | os.PathLike) -> Results:
         meta = read_run_json(d)
         version = meta.get("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            raise StoreError(f"{d / RUN_JSON}: schema_version {version} is not {SCHEMA_VERSION}, which this benchbed reads")
+            raise StoreError(
+                f"{d / RUN_JSON}: schema_version {version} is not {SCHEMA_VERSION}, which this benchbed reads"
+            )
         c = _read_table(d / CELLS)
         if c is None:
-            raise StoreError(f"{d / CELLS}: missing (not a benchbed results directory, or no cell has finished)")
+            raise StoreError(
+                f"{d / CELLS}: missing (not a benchbed results directory, or no cell has finished)"
+            )
         c = c.assign(run_dir=str(d))
         cells.append(c)
         for target, name in ((curves, CURVES), (telemetry, TELEMETRY)):
@@ -200,7 +219,11 @@ def load(*dirs: str | os.PathLike) -> Results:
         )
 
     def cat(frames, cols):
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
+        return (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
+        )
 
     return Results(
         cells=cat(cells, ["cell_id"]),

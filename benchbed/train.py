@@ -94,7 +94,10 @@ def default_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
             logits.view(-1, logits.size(-1)).float(), batch.targets.view(-1), ignore_index=IGNORE_INDEX
         )
     per_token = F.cross_entropy(
-        logits.view(-1, logits.size(-1)).float(), batch.targets.view(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        logits.view(-1, logits.size(-1)).float(),
+        batch.targets.view(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
     ).view(batch.targets.shape)
     mask = (batch.targets != IGNORE_INDEX).float()
     per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
@@ -203,7 +206,9 @@ def evaluate(ctx: TrainContext, val_batches: list[tuple[torch.Tensor, torch.Tens
         n = int((targets != IGNORE_INDEX).sum())
         with ctx.autocast():
             logits = model(b.inputs)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), b.targets.view(-1), ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(), b.targets.view(-1), ignore_index=IGNORE_INDEX
+        )
         total += loss.double() * n
         count += n
     model.train(was_training)
@@ -300,8 +305,10 @@ def train(
         inputs, targets = next(train_iter)
         batch = Batch(inputs, targets).to(device)
         n_tokens = batch.n_tokens
+        warmup = ctx.step == 0  # lazy init / compilation: timed separately, outside the energy windows
         sync(device)
-        telemetry.window_start()
+        if not warmup:
+            telemetry.window_start()
         t0 = clock()
         for t in ctx.techniques:
             batch = t.select_batch(batch, ctx)
@@ -313,10 +320,10 @@ def train(
             t.after_step(ctx)
         sync(device)
         elapsed = clock() - t0
-        telemetry.window_end()
-        if ctx.step == 0:
+        if warmup:
             warmup_time_s = elapsed
         else:
+            telemetry.window_end()
             ctx.train_time_s += elapsed
         ctx.step += 1
         ctx.tokens += n_tokens

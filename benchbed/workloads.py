@@ -94,7 +94,9 @@ def with_data(workload: Workload, data: dict, base_dir: str) -> Workload:
     full = path if os.path.isabs(path) else os.path.join(base_dir, path)
     if kind == "text":
         model = replace(workload.model, vocab_size=256)
-        return replace(workload, model=model, make_data=lambda: TextFileSource(full), data_label=f"text {path}")
+        return replace(
+            workload, model=model, make_data=lambda: TextFileSource(full), data_label=f"text {path}"
+        )
     if kind == "shards":
         vocab = workload.model.vocab_size
         return replace(workload, make_data=lambda: TokenShardSource(full, vocab), data_label=f"shards {path}")

@@ -119,7 +119,9 @@ def build_config(cls: type[Technique], options: dict[str, Any], where: str) -> A
     for key in options:
         if key not in fields:
             known = ", ".join(sorted(fields)) or "none"
-            raise TechniqueError(f"{where}.{key}: unknown option of technique '{cls.name}' (options: {known})")
+            raise TechniqueError(
+                f"{where}.{key}: unknown option of technique '{cls.name}' (options: {known})"
+            )
     hints = typing.get_type_hints(cls.Config)
     values = {}
     for key, value in options.items():

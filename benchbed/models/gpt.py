@@ -113,7 +113,7 @@ class GPT(nn.Module):
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """Final hidden states [B, T, d_model] (before the output projection)."""
         T = idx.shape[1]
-        if T > self.cfg.seq_len:
+        if self.cfg.seq_len < T:
             raise ValueError(f"sequence length {T} exceeds the model's {self.cfg.seq_len}")
         pos = torch.arange(T, device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)

@@ -57,7 +57,10 @@ class AdamW(Technique):
 
     def build_optimizer(self, params, ctx):
         c, run = self.config, ctx.run
-        betas = (c.beta1 if c.beta1 is not None else run.betas[0], c.beta2 if c.beta2 is not None else run.betas[1])
+        betas = (
+            c.beta1 if c.beta1 is not None else run.betas[0],
+            c.beta2 if c.beta2 is not None else run.betas[1],
+        )
         wd = c.weight_decay if c.weight_decay is not None else run.weight_decay
         lr = c.lr if c.lr is not None else run.lr
         fast = {"fused": True} if ctx.device.type == "cuda" else {"foreach": True}
