@@ -382,8 +382,8 @@ body { font-family: -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem 
 h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; padding-bottom: .3rem; }
 .meta { color: #52606d; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
-th, td { border-bottom: 1px solid #e4e7eb; padding: 4px 10px; text-align: right; }
-th { background: #f5f7fa; } td:first-child, th:first-child { text-align: left; }
+th, td { border-bottom: 1px solid #e4e7eb; padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: #f5f7fa; }
 .error { background: #fde8e8; border: 1px solid #f8b4b4; color: #9b1c1c; padding: .6rem 1rem;
          border-radius: 6px; margin: .4rem 0; }
 .note { background: #eef6ff; border: 1px solid #b6d4fe; padding: .5rem 1rem; border-radius: 6px; }

@@ -149,7 +149,9 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
     plot = leaderboard_plot_columns(board, rank_by)
     if plot is not None:
         st.caption(f"The best {CHART_ROWS_PER_WORKLOAD} per workload and device, with their 95% intervals.")
-        st.plotly_chart(figures.leaderboard_figure(*plot, label=choice), key="leaderboard_chart")
+        st.plotly_chart(
+            figures.leaderboard_figure(*plot, label=figures.METRICS[rank_by][0]), key="leaderboard_chart"
+        )
 
 
 def leaderboard_plot_columns(board: pd.DataFrame, rank_by: str):
