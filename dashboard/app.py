@@ -99,10 +99,10 @@ def cached_telemetry_figure(dirs: tuple[str, ...], stamp: tuple, labels: tuple):
 
 @st.cache_data(show_spinner="Comparing runs…", max_entries=16)
 def cached_compare(dirs: tuple[str, ...], stamp: tuple, filters: tuple, base_run: str, cand_run: str):
-    cells = filtered_cells(load(dirs, stamp).cells, filters)
-    return report.gate_table(
-        report.gate_compare(cells[cells["run_id"] == base_run], cells[cells["run_id"] == cand_run])
-    )
+    # the run filter does not apply here: the two runs are chosen in the view itself
+    cells = filtered_cells(load(dirs, stamp).cells, ((), *filters[1:]))
+    run_ids = cells["run_id"].astype(str)
+    return report.gate_table(report.gate_compare(cells[run_ids == base_run], cells[run_ids == cand_run]))
 
 
 def filtered_cells(cells: pd.DataFrame, filters: tuple) -> pd.DataFrame:
@@ -150,26 +150,28 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
     if plot is not None:
         st.caption(f"The best {CHART_ROWS_PER_WORKLOAD} per workload and device, with their 95% intervals.")
         st.plotly_chart(
-            figures.leaderboard_figure(*plot, label=figures.METRICS[rank_by][0]), key="leaderboard_chart"
+            figures.leaderboard_figure(*plot, label=figures.METRICS[rank_by][0].replace("(bytes)", "(GiB)")),
+            key="leaderboard_chart",
         )
 
 
 def leaderboard_plot_columns(board: pd.DataFrame, rank_by: str):
-    """(board with row labels, value, low, high) for the bar chart, from the stats table's columns."""
-    value = next((c for c in (f"{rank_by}_median", rank_by, f"{rank_by}_estimate") if c in board), None)
-    if value is None or not pd.api.types.is_numeric_dtype(board[value]):
+    """(top rows with labels, value, low, high) for the bar chart, from the stats table's columns."""
+    low, high = f"{rank_by}_ci_low", f"{rank_by}_ci_high"
+    if rank_by not in board or not pd.api.types.is_numeric_dtype(board[rank_by]):
         return None
-    low = next((c for c in (f"{rank_by}_ci_low", f"{rank_by}_low", "ci_low") if c in board), None)
-    high = next((c for c in (f"{rank_by}_ci_high", f"{rank_by}_high", "ci_high") if c in board), None)
     groups = [c for c in ("workload", "device") if c in board]
-    labelled = (
-        board.groupby(groups, sort=False).head(CHART_ROWS_PER_WORKLOAD).copy() if groups else board.copy()
-    )
+    top = board.groupby(groups, sort=False).head(CHART_ROWS_PER_WORKLOAD) if groups else board
+    labelled = top.copy()
+    if rank_by.endswith("_bytes"):
+        for column in (rank_by, low, high):
+            if column in labelled:
+                labelled[column] = labelled[column] / 2**30
     parts = [c for c in ("workload", "variant") if c in board]
     labelled["__row_label"] = labelled[parts].astype(str).agg(" · ".join, axis=1) if parts else labelled.index
     if "is_baseline" in labelled:
         labelled["__is_baseline"] = labelled["is_baseline"].fillna(False).astype(bool)
-    return labelled, value, low, high
+    return labelled, rank_by, low if low in board else None, high if high in board else None
 
 
 def view_curves(data, cells, dirs, stamp, filters) -> None:
@@ -310,8 +312,9 @@ def main() -> None:
     data = load(dirs, stamp)
     for error in data.errors:
         st.error(error)
-    view = st.sidebar.radio("View", VIEWS, key="view")
     cells = data.cells
+    only_kernels = cells.empty and not data.kernels.empty
+    view = st.sidebar.radio("View", VIEWS, index=VIEWS.index("Kernels") if only_kernels else 0, key="view")
     st.sidebar.caption(f"{len(data.runs)} run(s) · {len(cells)} cell(s)")
 
     st.sidebar.markdown("**Filters** (empty = all)")

@@ -139,6 +139,15 @@ def test_compare_shows_the_gates_verdict_per_cell(monkeypatch, runs):
     assert (time_verdicts.drop(index="lion", level="variant") == "regression").all()
 
 
+def test_a_kernels_only_directory_opens_on_the_kernels_view(monkeypatch, tmp_path):
+    build_kernels_parquet(tmp_path)
+    app = start(monkeypatch, tmp_path)
+    assert not app.error
+    speedups = app.dataframe[0].value.set_index(["op", "shape"])["speedup"]
+    # the fixture's rms_norm at the smallest shape: 0.40 ms reference, triton 2.5x faster
+    assert speedups[("rms_norm", "4x1024x768")] == "2.5"
+
+
 def test_no_directory_given_is_an_error(monkeypatch):
     monkeypatch.delenv("BENCHBED_RESULTS", raising=False)
     app = AppTest.from_file(str(APP), default_timeout=60).run()
