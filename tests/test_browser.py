@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 from fixtures.results_fixture import build_kernels_parquet, build_results_dir
 
-APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_ARGS = [
     "--headless",
@@ -35,11 +35,11 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_health(url: str, server: subprocess.Popen, timeout_s: float = 60.0) -> None:
+def wait_for_health(url: str, server: subprocess.Popen, log_path: Path, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}: {server.stdout.read()}")
+            raise RuntimeError(f"benchbed dashboard exited with {server.returncode}: {log_path.read_text()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200 and response.read().strip() == b"ok":
@@ -56,23 +56,25 @@ def dashboard_url(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     port = free_loopback_port()
-    env = {**os.environ, "BENCHBED_RESULTS": os.pathsep.join([str(run_a), str(empty)])}
-    # `benchbed dashboard` runs exactly this command line; calling streamlit directly keeps the test
-    # independent of the CLI module.
+    log_path = tmp_path / "dashboard.log"
+    log = log_path.open("w")
+    # `benchbed dashboard` sets BENCHBED_RESULTS and runs `streamlit run` on the installed app; it is
+    # started in its own session so the streamlit child is stopped with it.
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "benchbed.cli", "dashboard", str(run_a), str(empty), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        wait_for_health(f"http://127.0.0.1:{port}/_stcore/health", server)
+        wait_for_health(f"http://127.0.0.1:{port}/_stcore/health", server, log_path)
         yield f"http://127.0.0.1:{port}/"
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
