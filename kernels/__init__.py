@@ -93,10 +93,10 @@ def describe_kernels() -> list[dict]:
     ]
 
 
-def aot_configs() -> list[AotConfig]:
-    """Every Triton kernel at every configuration it launches with (for ahead-of-time compiles)."""
+def aot_configs(arch: int = 90) -> list[AotConfig]:
+    """Every Triton kernel at every configuration it launches with on ``arch`` (for AOT compiles)."""
     return [
-        *flash_attention.aot_configs(),
+        *flash_attention.aot_configs(arch),
         *cross_entropy.aot_configs(),
         *norms.aot_configs(),
         *optimizer_steps.aot_configs(),

@@ -109,7 +109,7 @@ def _compile_indexed(task: tuple[int, int]) -> CompileResult:
     from benchbed.kernels import aot_configs
 
     index, arch = task
-    return compile_config(aot_configs()[index], arch)
+    return compile_config(aot_configs(arch)[index], arch)
 
 
 def compile_all(
@@ -119,10 +119,9 @@ def compile_all(
     ``jobs`` processes (each compile is single-threaded; spawn, not fork, because torch is loaded)."""
     from benchbed.kernels import aot_configs
 
-    configs = aot_configs()
-    chosen = list(range(len(configs))) if indices is None else list(indices)
-    tasks = [(i, arch) for arch in archs for i in chosen]
+    chosen = list(range(len(aot_configs()))) if indices is None else list(indices)
+    tasks = [(i, arch) for arch in archs for i in chosen]  # the same index is the same kernel on every arch
     if jobs <= 1:
-        return [compile_config(configs[i], arch) for i, arch in tasks]
+        return [compile_config(aot_configs(arch)[i], arch) for i, arch in tasks]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_compile_indexed, tasks))

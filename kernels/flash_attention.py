@@ -169,23 +169,37 @@ if HAS_TRITON:
         tl.store(DQ + q_offsets, (dq * sm_scale).to(DQ.dtype.element_ty), mask=offs_m[:, None] < T)
 
 
-def launch_config(head_dim: int, dtype: torch.dtype) -> dict[str, dict[str, int]]:
-    """Block sizes and warps per kernel. One table for the GPU and the interpreter, so the CPU tests
-    exercise exactly the configurations a GPU launches (and tests/test_aot.py compiles). Chosen so
-    that no configuration spills on sm_90 where avoidable (`benchbed kernels report` shows it)."""
+def launch_config(head_dim: int, dtype: torch.dtype, arch: int = 90) -> dict[str, dict[str, int]]:
+    """Block sizes and warps per kernel for a compute capability. The interpreter uses the sm_90
+    table, so CPU tests exercise configurations a GPU launches; tests/test_aot.py compiles every
+    one for sm_90 and sm_80. Tables chosen so that no configuration spills registers where a tile
+    size without spills was found (`benchbed kernels report` shows registers and spills)."""
     if dtype == torch.float32:
         if head_dim <= 64:
             table = {"fwd": (64, 64, 8), "dkdv": (64, 64, 8), "dq": (64, 64, 8)}
         else:
-            table = {"fwd": (64, 32, 8), "dkdv": (32, 64, 4), "dq": (64, 32, 8)}
+            table = {"fwd": (64, 32, 8), "dkdv": (32, 64, 4), "dq": (64, 32, 4)}
     elif head_dim <= 64:
         table = {"fwd": (128, 64, 8), "dkdv": (64, 64, 8), "dq": (64, 64, 8)}
     else:
         table = {"fwd": (64, 64, 8), "dkdv": (32, 64, 4), "dq": (64, 64, 8)}
+    if arch < 90:  # no wgmma: mma.sync tiles hold more registers per thread, so smaller backward tiles
+        if dtype == torch.float32:
+            table.update(dkdv=(32, 32, 4), dq=(32, 64, 4) if head_dim <= 64 else (32, 32, 4))
+        else:
+            table.update(dkdv=(64, 32, 4) if head_dim <= 64 else (32, 32, 4), dq=(64, 32, 4))
     return {
         which: {"BLOCK_M": m, "BLOCK_N": n, "num_warps": warps, "num_stages": 2}
         for which, (m, n, warps) in table.items()
     }
+
+
+def device_arch(device: torch.device) -> int:
+    """Compute capability as an int (90 for sm_90); the interpreter gets the sm_90 table."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -229,7 +243,7 @@ class _FlashAttentionFunction(torch.autograd.Function):
         o = new_empty_like(q)
         lse = new_empty((batch * heads, seq), device=q.device, dtype=torch.float32)
         sm_scale = 1.0 / math.sqrt(head_dim)
-        cfg = launch_config(head_dim, q.dtype)["fwd"]
+        cfg = launch_config(head_dim, q.dtype, device_arch(q.device))["fwd"]
         grid = (triton.cdiv(seq, cfg["BLOCK_M"]), batch * heads)
         if q.numel():
             launcher(_attn_fwd_kernel, q.device)[grid](
@@ -249,7 +263,7 @@ class _FlashAttentionFunction(torch.autograd.Function):
         delta = (o.float() * do.float()).sum(-1).reshape(batch * heads, seq).contiguous()
         dq, dk, dv = new_empty_like(q), new_empty_like(k), new_empty_like(v)
         sm_scale = 1.0 / math.sqrt(head_dim)
-        configs = launch_config(head_dim, q.dtype)
+        configs = launch_config(head_dim, q.dtype, device_arch(q.device))
         common = {
             "CAUSAL": ctx.causal,
             "HEAD_DIM": head_dim,
@@ -275,13 +289,13 @@ def flash_attention_triton(
 
 
 # -- ahead-of-time configurations --------------------------------------------------------------------
-def aot_configs(head_dims: tuple[int, ...] = HEAD_DIMS) -> list[AotConfig]:
+def aot_configs(arch: int = 90, head_dims: tuple[int, ...] = HEAD_DIMS) -> list[AotConfig]:
     """Three kernels per head dim and dtype (causal is a runtime flag, so it needs no variant)."""
     configs = []
     for head_dim in head_dims:
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             p = POINTER_TYPES[dtype]
-            launch = launch_config(head_dim, dtype)
+            launch = launch_config(head_dim, dtype, arch)
             shared = {"Q": p, "K": p, "V": p, "LSE": "*fp32", "qk_scale": "fp32", "T": "i32", "CAUSAL": "i1"}
             backward = {**shared, "DO": p, "DELTA": "*fp32", "sm_scale": "fp32"}
             kernels = (

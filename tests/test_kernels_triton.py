@@ -271,3 +271,11 @@ def test_norms_gpu(dtype):
 @pytest.mark.parametrize("algorithm", ["adamw", "lion"])
 def test_optimizer_steps_gpu(algorithm):
     check_optimizer(algorithm, 10_000_019, torch.float32, "cuda")
+
+
+@interpreter
+@pytest.mark.parametrize("head_dim,dtype", [(64, torch.bfloat16), (128, torch.float32)])
+def test_flash_attention_interpreter_with_sm80_tiles(monkeypatch, head_dim, dtype):
+    """The interpreter normally runs the sm_90 tile table; run the A100 table's tiles too."""
+    monkeypatch.setattr(flash_attention, "device_arch", lambda device: 80)
+    check_flash_attention(1, 1, 77, head_dim, dtype, True, "cpu", RTOL[dtype])
