@@ -344,27 +344,38 @@ def downsample_minmax(frame: pd.DataFrame, x: str, ys: list[str], max_points: in
     return frame.iloc[sorted(positions)]
 
 
-#: telemetry column suffix -> (panel title, scale factor, unit)
+#: telemetry column suffix -> (panel title, scale factor); panels appear in this order
 TELEMETRY_GROUPS = (
     ("_w", "power (W)", 1.0),
     ("_bytes", "memory (GiB)", 1.0 / 2**30),
     ("_pct", "utilisation (%)", 1.0),
+    ("_mhz", "clock (MHz)", 1.0),
+    ("_c", "temperature (°C)", 1.0),
+    ("_j", "energy (J)", 1.0),
 )
+
+#: sampler bookkeeping in telemetry.parquet, not a measured quantity
+TELEMETRY_BOOKKEEPING = ("cell_id", "t_s", "sample_lag_s", "in_window", "run_id", "run_dir")
 
 
 def telemetry_quantities(telemetry: pd.DataFrame) -> dict[str, list[str]]:
     """Panel title -> telemetry columns for it, by unit suffix (other numeric columns get their own)."""
-    panels: dict[str, list[str]] = {}
+    grouped: dict[str, list[str]] = {}
+    others: dict[str, list[str]] = {}
     for column in telemetry.columns:
-        if column in ("cell_id", "t_s") or not pd.api.types.is_numeric_dtype(telemetry[column]):
+        values = telemetry[column]
+        if column in TELEMETRY_BOOKKEEPING or pd.api.types.is_bool_dtype(values):
+            continue
+        if not pd.api.types.is_numeric_dtype(values):
             continue
         for suffix, title, _ in TELEMETRY_GROUPS:
             if column.endswith(suffix):
-                panels.setdefault(title, []).append(column)
+                grouped.setdefault(title, []).append(column)
                 break
         else:
-            panels.setdefault(column, []).append(column)
-    return panels
+            others.setdefault(column, []).append(column)
+    ordered = {title: grouped[title] for _, title, _ in TELEMETRY_GROUPS if title in grouped}
+    return {**ordered, **others}
 
 
 def telemetry_figure(

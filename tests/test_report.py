@@ -140,3 +140,24 @@ def test_category_filter_uses_the_technique_registry():
     ]
     kept = report.filter_cells(cells, categories=["memory/precision"])
     assert kept["techniques"].tolist() == ["adamw", "adamw+bf16_autocast"]
+
+
+def test_telemetry_panels_group_by_unit_and_skip_sampler_bookkeeping():
+    frame = pd.DataFrame(
+        {
+            "cell_id": ["c"] * 2,
+            "t_s": [0.0, 0.1],
+            "sample_lag_s": [0.001, 0.002],
+            "in_window": [False, True],
+            "rss_bytes": [1.0, 2.0],
+            "gpu0_util_pct": [50.0, 60.0],
+            "gpu0_power_w": [100.0, 110.0],
+            "gpu0_mem_used_bytes": [3.0, 4.0],
+            "run_dir": ["d", "d"],
+        }
+    )
+    assert figures.telemetry_quantities(frame) == {
+        "power (W)": ["gpu0_power_w"],
+        "memory (GiB)": ["rss_bytes", "gpu0_mem_used_bytes"],
+        "utilisation (%)": ["gpu0_util_pct"],
+    }
