@@ -61,7 +61,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import pandas as pd
     import torch
 
     from benchbed.kernels.bench import all_cases, measure
@@ -85,6 +84,8 @@ def cmd_bench(args) -> int:
         )
     if not cases:
         return _fail(f"--ops: no op matches '{args.ops}'")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in cases:
         repeats = 1 if (case.backend == "triton" and not on_cuda) else args.repeats
@@ -97,15 +98,23 @@ def cmd_bench(args) -> int:
             f"{row['op']:22s} {row['backend']:9s} {row['dtype']:4s} {row['mode']:7s} {row['shape']:32s} "
             f"{row['median_ms']:10.3f} ms  {row['note']}",
             file=sys.stderr,
+            flush=True,
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+        frame = _write(rows, out)  # after every case: a sweep cut short by a time limit keeps its rows
+    print(f"wrote {out / 'kernels.parquet'} ({len(frame)} rows)")
+    return 0
+
+
+def _write(rows: list[dict], out: Path):
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for column in ("median_ms", "tflops", "gb_s", "peak_mem_bytes"):
         frame[column] = frame[column].astype("float64")
-    frame.to_parquet(out / "kernels.parquet", index=False)
-    print(f"wrote {out / 'kernels.parquet'} ({len(frame)} rows)")
-    return 0
+    partial = out / "kernels.parquet.partial"
+    frame.to_parquet(partial, index=False)
+    partial.replace(out / "kernels.parquet")
+    return frame
 
 
 def cmd_report(args) -> int:
