@@ -406,13 +406,15 @@ def telemetry_figure(
         small = downsample_minmax(part, "t_s", all_columns, max_points_per_cell)
         for p_index, (title, columns) in enumerate(panels.items()):
             for column in columns:
-                values = small[column]
-                if values.isna().all():
+                # sensors are sampled at different rates: plot each quantity's own samples, no gaps
+                present = small[column].notna()
+                if not present.any():
                     continue
+                values = small.loc[present, column]
                 label = cell_labels[cell_id] + ("" if len(columns) == 1 else f" · {column}")
                 fig.add_trace(
                     go.Scattergl(
-                        x=small["t_s"],
+                        x=small.loc[present, "t_s"],
                         y=values * scale.get(title, 1.0),
                         mode="lines",
                         name=label,

@@ -327,8 +327,9 @@ def leaderboard_display(board: pd.DataFrame, rank_by: str, cells: pd.DataFrame) 
     )
     metrics = [rank_by] + [m for m in figures.METRICS if m != rank_by]
     out = pd.DataFrame(index=board.index)
-    for column in ("rank", "workload", "device", "variant"):
-        if column in board:
+    several_scenarios = "scenario" in board and board["scenario"].nunique() > 1
+    for column in ("rank", "workload", "device", "scenario", "variant"):
+        if column in board and (column != "scenario" or several_scenarios):
             out[column] = board[column]
     for metric in metrics:
         if metric not in board:

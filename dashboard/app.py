@@ -167,7 +167,12 @@ def leaderboard_plot_columns(board: pd.DataFrame, rank_by: str):
         for column in (rank_by, low, high):
             if column in labelled:
                 labelled[column] = labelled[column] / 2**30
-    parts = [c for c in ("workload", "variant") if c in board]
+    several_scenarios = "scenario" in board and board["scenario"].nunique() > 1
+    parts = [
+        c
+        for c in ("workload", "scenario", "variant")
+        if c in board and (c != "scenario" or several_scenarios)
+    ]
     labelled["__row_label"] = labelled[parts].astype(str).agg(" · ".join, axis=1) if parts else labelled.index
     if "is_baseline" in labelled:
         labelled["__is_baseline"] = labelled["is_baseline"].fillna(False).astype(bool)
