@@ -71,14 +71,38 @@ class FusedStepOptimizer(torch.optim.Optimizer):
             for bucket in buckets:
                 if algorithm == "adamw":
                     bucket.exp_avg_sq = torch.zeros_like(bucket.exp_avg)
-                offset = 0
-                for p in bucket.params:  # per-parameter views of the states, for state_dict and inspection
-                    view = slice(offset, offset + p.numel())
-                    self.state[p]["exp_avg"] = bucket.exp_avg[view].view(p.shape)
-                    if bucket.exp_avg_sq is not None:
-                        self.state[p]["exp_avg_sq"] = bucket.exp_avg_sq[view].view(p.shape)
-                    offset += p.numel()
+                self._point_state_at(bucket)
             self.buckets.append(buckets)
+
+    def _point_state_at(self, bucket: _FlatBucket) -> None:
+        """Per-parameter views of the flat states, so state_dict() and inspection see them."""
+        offset = 0
+        for p in bucket.params:
+            view = slice(offset, offset + p.numel())
+            state = self.state[p]
+            state["step"] = float(bucket.step)
+            state["exp_avg"] = bucket.exp_avg[view].view(p.shape)
+            if bucket.exp_avg_sq is not None:
+                state["exp_avg_sq"] = bucket.exp_avg_sq[view].view(p.shape)
+            offset += p.numel()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loader installs copies of the saved states; write them into the flat buffers the
+        kernel updates and point the per-parameter entries back at those buffers."""
+        super().load_state_dict(state_dict)
+        with torch.no_grad():
+            for buckets in self.buckets:
+                for bucket in buckets:
+                    offset = 0
+                    for p in bucket.params:
+                        view = slice(offset, offset + p.numel())
+                        loaded = self.state[p]
+                        bucket.exp_avg[view].copy_(loaded["exp_avg"].reshape(-1))
+                        if bucket.exp_avg_sq is not None:
+                            bucket.exp_avg_sq[view].copy_(loaded["exp_avg_sq"].reshape(-1))
+                        bucket.step = int(loaded.get("step", bucket.step))
+                        offset += p.numel()
+                    self._point_state_at(bucket)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -92,6 +116,8 @@ class FusedStepOptimizer(torch.optim.Optimizer):
                 if bucket.flat.numel() == 0:
                     continue
                 bucket.step += 1
+                for p in bucket.params:
+                    self.state[p]["step"] = float(bucket.step)
                 grads = bucket.gather_grads()
                 if self.algorithm == "adamw":
                     self.step_fn(
