@@ -161,3 +161,15 @@ def test_telemetry_panels_group_by_unit_and_skip_sampler_bookkeeping():
         "memory (GiB)": ["rss_bytes", "gpu0_mem_used_bytes"],
         "utilisation (%)": ["gpu0_util_pct"],
     }
+
+
+def test_report_says_energy_was_not_measured_instead_of_zero(tmp_path):
+    run = build_results_dir(tmp_path / "cpu", seeds=2, energy_available=False, device="cpu")
+    out = tmp_path / "report.html"
+    assert report.cli_main([str(run), "--html", str(out)]) == 0
+    page = out.read_text()
+    assert "energy to target: not measured: no energy sensor on this machine" in page
+    assert "validation loss against energy (J): not measured: no energy sensor" in page
+    # the time leaderboard's energy column reads "not measured" in every row, never a number
+    time_table = page.split("Leaderboard: time to target")[1].split("</table>")[0]
+    assert time_table.count("<td>not measured</td>") >= 10
