@@ -14,6 +14,7 @@ Scalars that depend on the step (bias corrections) are computed on the host in d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -123,6 +124,116 @@ def lion_step_triton(params, grads, exp_avg, lr, betas, weight_decay) -> None:
         launcher(_lion_kernel, params.device)[(triton.cdiv(n, BLOCK),)](
             params, grads, exp_avg, n, lr, betas[0], betas[1], weight_decay, BLOCK=BLOCK, num_warps=4
         )
+
+
+# -- a torch.optim.Optimizer over flat buffers ------------------------------------------------------
+class _FlatBucket:
+    """Parameters of one group, dtype and device, living as views of one flat buffer."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+        with torch.no_grad():
+            self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+            offset = 0
+            for p in params:
+                p.data = self.flat[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+        self.exp_avg = torch.zeros(self.flat.numel(), device=self.flat.device, dtype=torch.float32)
+        self.exp_avg_sq: torch.Tensor | None = None
+        self.step = 0
+
+    def gather_grads(self) -> torch.Tensor:
+        return torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(self.flat.dtype)
+                for p in self.params
+            ]
+        )
+
+
+class FusedStepOptimizer(torch.optim.Optimizer):
+    """AdamW or Lion over flat per-group buffers, one fused step launch per bucket."""
+
+    def __init__(
+        self, params, *, algorithm: str, step_fn: Callable, lr: float, betas, eps: float, weight_decay: float
+    ):
+        if algorithm not in ("adamw", "lion"):
+            raise ValueError(f"algorithm: expected adamw or lion, got '{algorithm}'")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.algorithm = algorithm
+        self.step_fn = step_fn
+        self.buckets: list[list[_FlatBucket]] = []
+        for group in self.param_groups:
+            by_kind: dict[tuple, list] = {}
+            for p in group["params"]:
+                by_kind.setdefault((p.dtype, p.device), []).append(p)
+            buckets = [_FlatBucket(ps) for ps in by_kind.values()]
+            for bucket in buckets:
+                if algorithm == "adamw":
+                    bucket.exp_avg_sq = torch.zeros_like(bucket.exp_avg)
+                self._point_state_at(bucket)
+            self.buckets.append(buckets)
+
+    def _point_state_at(self, bucket: _FlatBucket) -> None:
+        """Per-parameter views of the flat states, so state_dict() and inspection see them."""
+        offset = 0
+        for p in bucket.params:
+            view = slice(offset, offset + p.numel())
+            state = self.state[p]
+            state["step"] = float(bucket.step)
+            state["exp_avg"] = bucket.exp_avg[view].view(p.shape)
+            if bucket.exp_avg_sq is not None:
+                state["exp_avg_sq"] = bucket.exp_avg_sq[view].view(p.shape)
+            offset += p.numel()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loader installs copies of the saved states; write them into the flat buffers the
+        kernel updates and point the per-parameter entries back at those buffers."""
+        super().load_state_dict(state_dict)
+        with torch.no_grad():
+            for buckets in self.buckets:
+                for bucket in buckets:
+                    offset = 0
+                    for p in bucket.params:
+                        view = slice(offset, offset + p.numel())
+                        loaded = self.state[p]
+                        bucket.exp_avg[view].copy_(loaded["exp_avg"].reshape(-1))
+                        if bucket.exp_avg_sq is not None:
+                            bucket.exp_avg_sq[view].copy_(loaded["exp_avg_sq"].reshape(-1))
+                        bucket.step = int(loaded.get("step", bucket.step))
+                        offset += p.numel()
+                    self._point_state_at(bucket)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, buckets in zip(self.param_groups, self.buckets, strict=True):
+            lr, betas, wd = group["lr"], group["betas"], group["weight_decay"]
+            for bucket in buckets:
+                if bucket.flat.numel() == 0:
+                    continue
+                bucket.step += 1
+                for p in bucket.params:
+                    self.state[p]["step"] = float(bucket.step)
+                grads = bucket.gather_grads()
+                if self.algorithm == "adamw":
+                    self.step_fn(
+                        bucket.flat,
+                        grads,
+                        bucket.exp_avg,
+                        bucket.exp_avg_sq,
+                        bucket.step,
+                        lr,
+                        betas,
+                        group["eps"],
+                        wd,
+                    )
+                else:
+                    self.step_fn(bucket.flat, grads, bucket.exp_avg, lr, betas, wd)
+        return loss
 
 
 # -- ahead-of-time configurations --------------------------------------------------------------------
