@@ -146,6 +146,10 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
     )
     table = cached_leaderboard_table(dirs, stamp, filters, rank_by)
     st.dataframe(table, hide_index=True, key="leaderboard_table")
+    for metric, (label, _) in figures.METRICS.items():
+        why = figures.not_measured_reason(cells, metric)
+        if metric != rank_by and why and why.startswith("not measured"):
+            st.caption(f"{label}: {why}")
     plot = leaderboard_plot_columns(board, rank_by)
     if plot is not None:
         st.caption(f"The best {CHART_ROWS_PER_WORKLOAD} per workload and device, with their 95% intervals.")

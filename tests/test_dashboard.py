@@ -116,6 +116,9 @@ def test_bad_directories_show_their_errors_and_the_rest_is_still_shown(monkeypat
 
 def test_energy_without_a_sensor_reads_not_measured(monkeypatch, runs):
     app = start(monkeypatch, runs["no_energy"])
+    # ranked by time, the energy column says why it is empty
+    assert any("no energy sensor on this machine" in c.value for c in app.caption)
+    assert set(app.dataframe[0].value["energy to target (J)"]) == {"not measured"}
     app.selectbox(key="rank_by").set_value("energy to target").run()
     warnings = [w.value for w in app.warning]
     assert any("not measured: no energy sensor on this machine" in w for w in warnings), warnings
