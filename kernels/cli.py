@@ -144,13 +144,14 @@ def cmd_report(args) -> int:
         }
         for r in results
     ]
-    columns = ["op", "kernel", "config", "arch", "num_warps", "num_stages", "registers", "shared_bytes", "spill",
-               "local_bytes", "wgmma", "fits_shared"]  # fmt: skip
+    columns = ["op", "kernel", "config", "arch", "num_warps", "num_stages", "registers", "shared_bytes",
+               "spill", "local_bytes", "wgmma", "fits_shared"]  # fmt: skip
     print(_table(rows, columns))
     spilled = [r for r in results if r.stack_bytes]
     too_big = [r for r in results if not r.fits_shared]
     print(
-        f"\n{len(results)} compiles ({', '.join(ARCH_NAMES[a] for a in archs)}); {len(spilled)} with stack/spill bytes; "
+        f"\n{len(results)} compiles ({', '.join(ARCH_NAMES[a] for a in archs)}); "
+        f"{len(spilled)} with stack/spill bytes; "
         f"{len(too_big)} over the shared-memory limit; wgmma in {sum(r.wgmma for r in results)}"
     )
     if args.json:

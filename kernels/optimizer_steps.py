@@ -245,8 +245,8 @@ def aot_configs() -> list[AotConfig]:
         adamw_types = {"P": p, "G": p, "M": "*fp32", "V": "*fp32", "n": "i32", "lr": "fp32", "beta1": "fp32",
                        "beta2": "fp32", "eps": "fp32", "weight_decay": "fp32", "step_size": "fp32",
                        "inv_sqrt_bias2": "fp32"}  # fmt: skip
-        lion_types = {"P": p, "G": p, "M": "*fp32", "n": "i32", "lr": "fp32", "beta1": "fp32", "beta2": "fp32",
-                      "weight_decay": "fp32"}  # fmt: skip
+        lion_types = {"P": p, "G": p, "M": "*fp32", "n": "i32", "lr": "fp32", "beta1": "fp32",
+                      "beta2": "fp32", "weight_decay": "fp32"}  # fmt: skip
         for op, kernel, types in (
             ("adamw_step", _adamw_kernel, adamw_types),
             ("lion_step", _lion_kernel, lion_types),

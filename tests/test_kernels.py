@@ -361,8 +361,9 @@ def _train_lm_tiny(names: list[str], steps: int) -> tuple[dict, TrainContext]:
     w = WORKLOADS["lm-tiny"]
     run = RunSettings(
         device=torch.device("cpu"), seed=0, batch_size=8, base_batch_size=8, seq_len=w.seq_len, lr=w.lr,
-        weight_decay=w.weight_decay, betas=w.betas, warmup_frac=0.0, grad_clip=w.grad_clip, budget_tokens=None,
-        budget_steps=steps, budget_seconds=None, eval_every_tokens=10**9, target_loss=0.0, stop_at_target=False,
+        weight_decay=w.weight_decay, betas=w.betas, warmup_frac=0.0, grad_clip=w.grad_clip,
+        budget_tokens=None, budget_steps=steps, budget_seconds=None, eval_every_tokens=10**9, target_loss=0.0,
+        stop_at_target=False,
     )  # fmt: skip
     techniques = [TECHNIQUES[n](build_config(TECHNIQUES[n], {}, f"techniques.{n}")) for n in names]
     if not any(t.provides_optimizer for t in techniques):

@@ -1,6 +1,7 @@
 """Fused optimizer step: AdamW (Loshchilov & Hutter 2019) or Lion (Chen et al. 2023, "Symbolic
 Discovery of Optimization Algorithms") as one kernel launch per parameter group, as in Apex's
-FusedAdam and multi-tensor-apply designs. The optimizer class is benchbed.kernels.optimizer_steps.FusedStepOptimizer.
+FusedAdam and multi-tensor-apply designs (the optimizer class is
+benchbed.kernels.optimizer_steps.FusedStepOptimizer).
 
 What it changes: the optimizer. At construction every group's parameters are copied into one flat
 buffer and each parameter becomes a view into it, so one launch reads and writes all parameters
@@ -59,7 +60,10 @@ class FusedOptimizer(Technique):
 
     name = "fused_optimizer"
     category = "hardware/kernels"
-    paper = "Chen et al. 2023, Symbolic Discovery of Optimization Algorithms (Lion); Loshchilov & Hutter 2019 (AdamW)"
+    paper = (
+        "Chen et al. 2023, Symbolic Discovery of Optimization Algorithms (Lion); "
+        "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization (AdamW)"
+    )
     Config = FusedOptimizerConfig
     provides_optimizer = True
 
