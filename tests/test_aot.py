@@ -12,7 +12,13 @@ from benchbed import kernels
 from benchbed.kernels import aot
 from benchbed.kernels.cli import cli_main
 
-pytestmark = pytest.mark.skipif(not kernels.HAS_TRITON, reason="needs triton")
+pytestmark = [
+    pytest.mark.skipif(not kernels.HAS_TRITON, reason="needs triton"),
+    # TRITON_INTERPRET=1 at import makes Triton's own library interpreted, which cannot be compiled
+    pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"), reason="TRITON_INTERPRET is set"
+    ),
+]
 
 
 def representative_indices() -> list[int]:
