@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import html
-import importlib
-import json
 import math
 import sys
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchbed import figures
+from benchbed import figures, gate, stats, store
 
 TABLES = ("cells", "curves", "telemetry")
 KERNELS_FILE = "kernels.parquet"
@@ -38,74 +36,18 @@ class DisplayResults:
     errors: list[str]
 
 
-def _optional_module(name: str):
-    """A sibling module that may not exist yet in a partial install; None when it is missing."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        # a sibling being written at the same time may import a module that is not there yet
-        return None
-
-
-def _first_unreadable_file(directory: Path) -> str | None:
-    """Name the file that breaks a directory: the first table or run.json that does not parse."""
-    import pyarrow.parquet as pq
-
-    for table in TABLES:
-        path = directory / f"{table}.parquet"
-        if not path.exists():
-            return f"{path}: missing"
-        try:
-            pq.read_metadata(path)
-        except Exception as exc:  # noqa: BLE001 -- any parse failure is reported, not raised
-            return f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})"
-    run_json = directory / "run.json"
-    if not run_json.exists():
-        return f"{run_json}: missing"
-    try:
-        json.loads(run_json.read_text())
-    except (OSError, ValueError) as exc:
-        return f"{run_json}: not valid JSON ({exc})"
-    return None
-
-
-def _read_dir_directly(directory: Path) -> dict[str, pd.DataFrame]:
-    """The contract's files read with pandas, used only while `benchbed.store` is not installed."""
-    run = json.loads((directory / "run.json").read_text())
-    frames = {table: pd.read_parquet(directory / f"{table}.parquet") for table in TABLES}
-    frames["runs"] = pd.DataFrame(
-        [
-            {
-                "dir": str(directory),
-                "run_id": run.get("run_id"),
-                "scenario": run.get("scenario"),
-                "schema_version": run.get("schema_version"),
-                "started_at": run.get("started_at"),
-                "finished_at": run.get("finished_at"),
-            }
-        ]
-    )
-    return frames
-
-
 def _load_one(directory: Path) -> dict[str, pd.DataFrame]:
-    store = _optional_module("benchbed.store")
-    if store is None or not hasattr(store, "load"):
-        return _read_dir_directly(directory)
     results = store.load(directory)
-    frames = {table: getattr(results, table) for table in TABLES}
-    frames["runs"] = results.runs
-    return frames
+    return {
+        "cells": results.cells,
+        "curves": results.curves,
+        "telemetry": results.telemetry,
+        "runs": results.runs,
+    }
 
 
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-
-
-def _current_schema_version() -> int | None:
-    store = _optional_module("benchbed.store")
-    version = getattr(store, "SCHEMA_VERSION", None) if store is not None else None
-    return int(version) if version is not None else None
 
 
 def load_for_display(dirs: list[str] | tuple[str, ...]) -> DisplayResults:
@@ -136,34 +78,17 @@ def load_for_display(dirs: list[str] | tuple[str, ...]) -> DisplayResults:
         try:
             frames = _load_one(directory)
         except Exception as exc:  # noqa: BLE001 -- one bad directory must not hide the others
-            culprit = _first_unreadable_file(directory)
+            # the store's messages name the file (and field); anything else gets the directory
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if culprit and culprit.split(":")[0] not in message:
-                message = f"{culprit} [{message}]"
-            elif str(directory) not in message:
-                message = f"{directory}: {message}"
-            errors.append(message)
+            errors.append(message if str(directory) in message else f"{directory}: {message}")
             continue
         per_dir.append((directory, frames))
 
-    # Mixed schema versions: keep the version this benchbed writes (or the newest seen) and name the others.
-    versions = {d: _schema_version(f["runs"]) for d, f in per_dir}
-    known = [v for v in versions.values() if v is not None]
-    wanted = _current_schema_version() or (max(known) if known else None)
-    kept: list[tuple[Path, dict[str, pd.DataFrame]]] = []
-    for directory, frames in per_dir:
-        version = versions[directory]
-        if wanted is not None and version is not None and version != wanted:
-            errors.append(
-                f"{directory / 'run.json'}: schema_version {version} differs from {wanted}, "
-                "the version read here; directory not shown"
-            )
-            continue
-        kept.append((directory, frames))
-
+    # Mixed schema versions need nothing here: store.load refuses a run.json whose schema_version is
+    # not the one this benchbed reads, naming the file, and that directory becomes one error line.
     seen_ids: set[str] = set()
     tables: dict[str, list[pd.DataFrame]] = {t: [] for t in (*TABLES, "runs")}
-    for directory, frames in kept:
+    for directory, frames in per_dir:
         cells = frames["cells"]
         ids = set(cells["cell_id"].astype(str)) if "cell_id" in cells else set()
         if ids & seen_ids:
@@ -193,28 +118,7 @@ def load_for_display(dirs: list[str] | tuple[str, ...]) -> DisplayResults:
     )
 
 
-def _schema_version(runs: pd.DataFrame) -> int | None:
-    if "schema_version" not in runs or runs["schema_version"].isna().all():
-        return None
-    try:
-        return int(runs["schema_version"].dropna().iloc[0])
-    except (TypeError, ValueError):
-        return None
-
-
 # -- adapters to benchbed.stats / benchbed.gate ------------------------------------------------------
-
-
-class StatsUnavailable(RuntimeError):
-    """benchbed.stats or benchbed.gate (or the function asked for) is not installed."""
-
-
-def _stats_function(module: str, name: str):
-    mod = _optional_module(module)
-    function = getattr(mod, name, None) if mod is not None else None
-    if function is None:
-        raise StatsUnavailable(f"{module}.{name} is not available in this installation")
-    return function
 
 
 def technique_categories(techniques: str) -> list[str]:
@@ -224,14 +128,11 @@ def technique_categories(techniques: str) -> list[str]:
     return sorted({registry[n].category if n in registry else "unregistered" for n in names})
 
 
-_REGISTRY_CACHE: dict = {}
-
-
 def _technique_registry() -> dict:
-    if not _REGISTRY_CACHE:
-        techniques = _optional_module("benchbed.techniques")
-        _REGISTRY_CACHE.update(getattr(techniques, "REGISTRY", {}) if techniques else {})
-    return _REGISTRY_CACHE
+    # imported on first use: the registry imports every technique module (and torch)
+    from benchbed.techniques import REGISTRY
+
+    return REGISTRY
 
 
 def filter_cells(
@@ -259,12 +160,12 @@ def filter_cells(
 
 def leaderboard(cells: pd.DataFrame, rank_by: str) -> pd.DataFrame:
     """The statistics module's leaderboard, unchanged in order."""
-    return _stats_function("benchbed.stats", "leaderboard")(cells, rank_by=rank_by)
+    return stats.leaderboard(cells, rank_by=rank_by)
 
 
-def gate_compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame):
-    """`benchbed.gate.compare` on two runs' cells."""
-    return _stats_function("benchbed.gate", "compare")(baseline_cells, candidate_cells)
+def gate_compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> pd.DataFrame:
+    """`benchbed.gate.compare` on two runs' cells: one row per configuration x metric with its verdict."""
+    return gate.compare(baseline_cells, candidate_cells)
 
 
 # -- display formatting ------------------------------------------------------------------------------
@@ -433,7 +334,7 @@ class _Page:
 
 
 def _leaderboard_sections(page: _Page, cells: pd.DataFrame) -> pd.DataFrame | None:
-    """One table per headline ranking; returns the time-to-target board (None without statistics)."""
+    """One table per headline ranking; returns the time-to-target board (None if time was not recorded)."""
     time_board = None
     for rank_by, title in REPORT_RANKINGS.items():
         page.heading(f"Leaderboard: {title}", 3)
@@ -441,11 +342,7 @@ def _leaderboard_sections(page: _Page, cells: pd.DataFrame) -> pd.DataFrame | No
         if reason and reason.startswith("not measured"):
             page.note(f"{title}: {reason}")
             continue
-        try:
-            board = leaderboard(cells, rank_by)
-        except StatsUnavailable as exc:
-            page.note(str(exc))
-            return None
+        board = leaderboard(cells, rank_by)
         if rank_by == "time_to_target_s":
             time_board = board
         groups = [c for c in ("workload", "device") if c in board]
@@ -493,7 +390,7 @@ def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, li
 
         page.heading("Pareto fronts")
         if time_board is None:
-            page.note("Pareto fronts need the statistics module's per-configuration medians")
+            page.note("Pareto fronts need time_to_target_s, which these cells do not have")
         for y in ("energy_to_target_j", "peak_mem_bytes"):
             reason = figures.not_measured_reason(cells, y)
             if reason and reason.startswith("not measured"):
@@ -525,28 +422,13 @@ def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, li
 def _compare_section(page: _Page, cells: pd.DataFrame, runs: pd.DataFrame) -> None:
     baseline_id, candidate_id = str(runs["run_id"].iloc[0]), str(runs["run_id"].iloc[-1])
     page.note(f"baseline run {baseline_id} against candidate run {candidate_id}")
+    run_ids = cells["run_id"].astype(str)
     try:
-        verdicts = gate_table(
-            gate_compare(cells[cells["run_id"] == baseline_id], cells[cells["run_id"] == candidate_id])
-        )
-    except StatsUnavailable as exc:
-        page.note(str(exc))
+        verdicts = gate_compare(cells[run_ids == baseline_id], cells[run_ids == candidate_id])
+    except ValueError as exc:  # the gate names the missing column
+        page.error(f"compare: {exc}")
         return
     page.table(display_table(verdicts, cells))
-
-
-def gate_table(result) -> pd.DataFrame:
-    """The per-cell verdict table from whatever `benchbed.gate.compare` returns (a frame or an object
-    holding one)."""
-    if isinstance(result, pd.DataFrame):
-        return result
-    for attribute in ("table", "cells", "rows", "frame"):
-        value = getattr(result, attribute, None)
-        if isinstance(value, pd.DataFrame):
-            return value
-        if isinstance(value, list):
-            return pd.DataFrame([dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value])
-    raise StatsUnavailable(f"benchbed.gate.compare returned {type(result).__name__}, not a table")
 
 
 def cell_labels(cells: pd.DataFrame) -> dict[str, str]:

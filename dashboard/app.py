@@ -102,7 +102,7 @@ def cached_compare(dirs: tuple[str, ...], stamp: tuple, filters: tuple, base_run
     # the run filter does not apply here: the two runs are chosen in the view itself
     cells = filtered_cells(load(dirs, stamp).cells, ((), *filters[1:]))
     run_ids = cells["run_id"].astype(str)
-    return report.gate_table(report.gate_compare(cells[run_ids == base_run], cells[run_ids == cand_run]))
+    return report.gate_compare(cells[run_ids == base_run], cells[run_ids == cand_run])
 
 
 def filtered_cells(cells: pd.DataFrame, filters: tuple) -> pd.DataFrame:
@@ -135,11 +135,7 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
         return
     if reason:
         st.info(f"{choice}: {reason}; every configuration ranks as infinitely slow")
-    try:
-        board = cached_leaderboard(dirs, stamp, filters, rank_by)
-    except report.StatsUnavailable as exc:
-        st.warning(f"leaderboard unavailable: {exc}")
-        return
+    board = cached_leaderboard(dirs, stamp, filters, rank_by)
     st.caption(
         "Order and confidence intervals from benchbed.stats; a target never reached ranks as infinitely "
         "slow; 'not measured' means this machine could not measure the metric."
@@ -211,12 +207,8 @@ def view_pareto(data, cells, dirs, stamp, filters) -> None:
             measured.append(y)
     if not measured:
         return
-    try:
-        # the leaderboard holds the per-configuration medians of every metric: one statistics pass
-        summary = cached_leaderboard(dirs, stamp, filters, "time_to_target_s")
-    except report.StatsUnavailable as exc:
-        st.warning(f"Pareto view unavailable: {exc}")
-        return
+    # the leaderboard holds the per-configuration medians of every metric: one statistics pass
+    summary = cached_leaderboard(dirs, stamp, filters, "time_to_target_s")
     for y in measured:
         st.plotly_chart(figures.pareto_figure(summary, "time_to_target_s", y), key=f"pareto_{y}")
 
@@ -264,8 +256,8 @@ def view_compare(data, cells, dirs, stamp, filters) -> None:
     )
     try:
         table = cached_compare(dirs, stamp, filters, base_run, cand_run)
-    except report.StatsUnavailable as exc:
-        st.warning(f"compare unavailable: {exc}")
+    except ValueError as exc:  # the gate names the missing column
+        st.error(f"compare: {exc}")
         return
     if table.empty:
         st.info("These runs have no configuration in common (cells are matched by config_key).")
