@@ -354,13 +354,13 @@ def test_kernels_bench_cli_bad_input(tmp_path, capsys):
 
 
 # -- the train loop with every hardware technique on the CPU -------------------------------------
-def _train_lm_tiny(names: list[str], steps: int) -> tuple[dict, TrainContext]:
+def _train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> tuple[dict, TrainContext]:
     from benchbed.telemetry import Telemetry
     from benchbed.train import build, train
 
     w = WORKLOADS["lm-tiny"]
     run = RunSettings(
-        device=torch.device("cpu"), seed=0, batch_size=8, base_batch_size=8, seq_len=w.seq_len, lr=w.lr,
+        device=torch.device(device), seed=0, batch_size=8, base_batch_size=8, seq_len=w.seq_len, lr=w.lr,
         weight_decay=w.weight_decay, betas=w.betas, warmup_frac=0.0, grad_clip=w.grad_clip,
         budget_tokens=None, budget_steps=steps, budget_seconds=None, eval_every_tokens=10**9, target_loss=0.0,
         stop_at_target=False,
