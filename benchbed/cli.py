@@ -181,7 +181,7 @@ def cmd_env(args) -> int:
         import triton
 
         print(
-            f"triton {triton.__version__} ({'GPU kernels' if torch.cuda.is_available() else 'CPU: kernels run only under TRITON_INTERPRET=1; the reference backend is used'})"
+            f"triton {triton.__version__} ({'GPU kernels' if torch.cuda.is_available() else 'CPU: auto uses the PyTorch reference; Triton kernels run only under the interpreter (tests, kernels bench --interpreter)'})"
         )
     except ImportError:
         print("triton: not installed (kernels use the PyTorch reference)")
