@@ -1,7 +1,8 @@
 """Measure the gate's false-alarm rate on real A/A runs and its detection rate of a 10% slowdown.
 
-Runs ``--pairs`` A/A pairs of a small CPU scenario (``benchbed run`` in a subprocess, ``--repeat``
-runs of each cell so the Mann-Whitney test can reach p < 0.01), gates every pair with the default
+Runs ``--pairs`` A/A pairs of a small CPU scenario (``benchbed ab`` with this source tree on both
+sides, or with ``--mode blocks`` one ``benchbed run`` per side; ``--repeat`` runs of each cell so
+the Mann-Whitney test can reach p < 0.01), gates every pair with the default
 thresholds, and counts the pairs the gate fails: with identical code every failure is a false alarm.
 Then it plants a slowdown in a copy of each pair's candidate table (times scaled by 1 + slowdown,
 throughput divided by it) and counts the pairs whose time-to-target is flagged as a regression.
@@ -44,6 +45,20 @@ steps = 4
 SLOWED_COLUMNS = ("time_to_target_s", "train_time_s", "energy_to_target_j", "energy_j")
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_ab_pair(scenario: Path, out_dir: Path, repeat: int) -> tuple[Path, Path]:
+    """Both sides from this source tree, interleaved cell by cell (A B B A ...) by ``benchbed ab``."""
+    command = [sys.executable, "-m", "benchbed.cli", "ab", str(scenario), "--baseline-src", str(REPO)]
+    command += ["--candidate-src", str(REPO), "--out", str(out_dir), "--pairs", str(repeat)]
+    command += ["--markdown", str(out_dir / "gate.md")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode == 2:
+        raise SystemExit(f"benchbed ab failed for {out_dir}:\n{result.stderr[-2000:]}")
+    return out_dir / "baseline", out_dir / "candidate"
+
+
 def run_once(scenario: Path, out_dir: Path, repeat: int) -> Path:
     command = [sys.executable, "-m", "benchbed.cli", "run", str(scenario), "--out", str(out_dir)]
     command += ["--repeat", str(repeat), "--quiet"]
@@ -71,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slowdown", type=float, default=0.10, help="planted slowdown (default %(default)s)")
     parser.add_argument("--scenario", type=Path, help="scenario file (default: a built-in 4-step lm-tiny)")
     parser.add_argument("--out", type=Path, help="keep the results here (default: a temporary directory)")
+    parser.add_argument(
+        "--mode",
+        choices=("ab", "blocks"),
+        default="ab",
+        help="ab: the sides interleaved cell by cell by `benchbed ab` (default); "
+        "blocks: one `benchbed run --repeat` per side, one after the other",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="gate-false-alarm-") as tmp:
@@ -84,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         print("pair  time ratio  p(A/A)    A/A verdicts                planted time verdict  p(planted)")
         for pair in range(args.pairs):
-            sides = ["a", "b"] if pair % 2 == 0 else ["b", "a"]  # alternate which side runs first
-            for side in sides:
-                run_once(scenario, out / f"pair{pair:02d}" / side, args.repeat)
-            base = store.load(out / f"pair{pair:02d}" / "a").cells
-            cand = store.load(out / f"pair{pair:02d}" / "b").cells
+            pair_dir = out / f"pair{pair:02d}"
+            if args.mode == "ab":
+                base_dir, cand_dir = run_ab_pair(scenario, pair_dir, args.repeat)
+            else:
+                base_dir, cand_dir = pair_dir / "a", pair_dir / "b"
+                for side_dir in (base_dir, cand_dir) if pair % 2 == 0 else (cand_dir, base_dir):
+                    run_once(scenario, side_dir, args.repeat)  # alternate which side runs first
+            base, cand = store.load(base_dir).cells, store.load(cand_dir).cells
             same = gate.compare(base, cand)
             planted = gate.compare(base, planted_slowdown(cand, args.slowdown))
             false_alarms += gate.failed(same)
@@ -104,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elapsed_s = time.perf_counter() - started
     n = args.pairs
-    print(f"\n{n} A/A pairs x {args.repeat} repeats a side ({elapsed_s:.0f} s):")
+    print(f"\n{n} A/A pairs x {args.repeat} repeats a side, mode {args.mode} ({elapsed_s:.0f} s):")
     print(f"false-alarm rate (gate failed on identical code): {false_alarms}/{n} = {false_alarms / n:.0%}")
     print(f"pairs with a 'suspicious' verdict (reported, not failing): {suspicious}/{n}")
     print(
