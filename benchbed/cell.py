@@ -145,13 +145,10 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         eval_every_tokens=cell.eval_every_tokens,
         target_loss=cell.target_loss,
         stop_at_target=cell.stop_at_target,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        rank=int(os.environ.get("RANK", "0")),
     )
-    view = {
-        "device": device.type,
-        "techniques": list(cell.techniques),
-        "batch_size": cell.batch_size,
-        "workload": cell.workload,
-    }
+    view = {**cell.view(), "device": device.type, "launched": True}
     for t in techniques:
         t.validate(view)
     for t in techniques:
@@ -234,14 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     def emit(event: dict) -> None:
         print(json.dumps(event, default=float), flush=True)
 
+    leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     try:
-        row, curves, telemetry = train_cell(spec, emit=emit)
+        row, curves, telemetry = train_cell(spec, emit=emit if leader else lambda event: None)
     except DataError as exc:
-        store.write_part(out_dir, spec["cell_id"], failure_row(spec, "error", str(exc)), None, None)
+        if leader:
+            store.write_part(out_dir, spec["cell_id"], failure_row(spec, "error", str(exc)), None, None)
         print(f"benchbed cell: {exc}", file=sys.stderr)
         return 1
-    store.write_part(out_dir, spec["cell_id"], row, curves, telemetry)
-    emit({"event": "done", "status": row["status"]})
+    if leader:
+        store.write_part(out_dir, spec["cell_id"], row, curves, telemetry)
+        emit({"event": "done", "status": row["status"]})
     return 0
 
 

@@ -133,6 +133,24 @@ class Cell:
         }
 
     @property
+    def world_size(self) -> int:
+        """Processes this cell is launched as (the largest any of its techniques needs)."""
+        return max(
+            REGISTRY[n](build_config(REGISTRY[n], self.options.get(n, {}), f"techniques.{n}")).processes()
+            for n in self.techniques
+        )
+
+    def view(self) -> dict[str, Any]:
+        """What `Technique.validate(cell)` sees."""
+        return {
+            "device": self.device,
+            "techniques": list(self.techniques),
+            "batch_size": self.batch_size,
+            "workload": self.workload,
+            "world_size": self.world_size,
+        }
+
+    @property
     def config_key(self) -> str:
         blob = json.dumps(self.config(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -177,6 +195,7 @@ class Cell:
             variant=self.variant,
             techniques_label=self.techniques_label,
             is_baseline=self.is_baseline,
+            world_size=self.world_size,
         )
         return spec
 
@@ -510,12 +529,7 @@ def load(path: str, device_override: str | None = None, repeats_override: int | 
         raise ck.fail("matrix", "no cells: every cell was excluded")
 
     for c in cells:
-        cell_view = {
-            "device": c.device,
-            "techniques": list(c.techniques),
-            "batch_size": c.batch_size,
-            "workload": c.workload,
-        }
+        cell_view = {**c.view(), "launched": False}
         for tname in c.techniques:
             cfg = build_config(REGISTRY[tname], c.options.get(tname, {}), f"techniques.{tname}")
             try:

@@ -85,8 +85,16 @@ def run_cell_subprocess(
     env = {**os.environ, **(cell_env or {}), "PYTHONUNBUFFERED": "1"}
     timed_out = threading.Event()
     with tempfile.TemporaryFile(mode="w+", dir=out_dir) as stderr_file:
+        launcher = [sys.executable]
+        if spec.get("world_size", 1) > 1:  # real torch.distributed: one process per rank
+            launcher += [
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={spec['world_size']}",
+            ]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchbed.cell", spec_path, str(out_dir)],
+            [*launcher, "-m", "benchbed.cell", spec_path, str(out_dir)],
             stdout=subprocess.PIPE,
             stderr=stderr_file,
             text=True,

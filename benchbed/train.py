@@ -69,7 +69,8 @@ class RunSettings:
     stop_at_target: bool = True
     autocast_dtype: torch.dtype | None = None
     grad_scaling: bool = False  # fp16 needs a GradScaler; bf16 does not
-    world_size: int = 1
+    world_size: int = 1  # processes training together (data parallelism); tokens count all of them
+    rank: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # technique-to-loop notes, recorded in results
 
     @property
@@ -262,7 +263,8 @@ def train(
     run = ctx.run
     device = run.device
     val_batches = data.val_batches(run.batch_size, run.seq_len, ctx.workload.val_sequences)
-    train_iter = data.train_batches(run.batch_size, run.seq_len, run.seed)
+    # each data-parallel rank reads its own stream; rank 0's is the single-process stream
+    train_iter = data.train_batches(run.batch_size, run.seq_len, run.seed + 1_000_003 * run.rank)
     step_fn = compose_step(ctx)
     curves: list[dict] = []
     result: dict[str, Any] = {
@@ -304,7 +306,7 @@ def train(
     while True:
         inputs, targets = next(train_iter)
         batch = Batch(inputs, targets).to(device)
-        n_tokens = batch.n_tokens
+        n_tokens = batch.n_tokens * run.world_size
         warmup = ctx.step == 0  # lazy init / compilation: timed separately, outside the energy windows
         sync(device)
         if not warmup:
@@ -364,7 +366,7 @@ def train(
         warmup_time_s=warmup_time_s,
         steps=ctx.step,
         tokens=ctx.tokens,
-        tokens_per_s=(ctx.tokens - (run.tokens_per_step if ctx.step else 0)) / ctx.train_time_s
+        tokens_per_s=(ctx.tokens - run.tokens_per_step * run.world_size) / ctx.train_time_s
         if ctx.train_time_s > 0
         else math.nan,
         curves=curves,

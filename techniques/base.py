@@ -81,9 +81,16 @@ class Technique:
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
 
+    def processes(self) -> int:
+        """Processes the cell must be launched as (the runner uses torchrun when > 1)."""
+        return 1
+
     # -- lifecycle hooks (all optional) -------------------------------------------------------
     def validate(self, cell: dict) -> None:
-        """Refuse meaningless settings before anything runs (raise TechniqueError)."""
+        """Refuse meaningless settings before anything runs (raise TechniqueError).
+
+        `cell` has keys device, techniques, batch_size, workload, world_size (processes the cell
+        is launched as) and launched (False when the scenario is checked, True inside the cell)."""
 
     def configure(self, run: RunSettings) -> None:
         """Adjust run settings: precision, batch size, learning rate, process count."""
