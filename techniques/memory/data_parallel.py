@@ -6,13 +6,12 @@ gradients across ``world_size`` processes during backward, overlapping communica
 in buckets. Each process trains on its own batch of ``batch_size`` sequences; the global batch is
 ``world_size * batch_size``.
 
-What it needs from the launcher (not in this file): the cell must be started as ``world_size``
-processes by ``torchrun --nproc-per-node=N`` (which sets RANK, LOCAL_RANK, WORLD_SIZE and
-MASTER_ADDR/PORT); ``validate`` refuses the cell otherwise, naming the option. The train loop must
-give each rank a different data stream (seed offset by rank) and only rank 0 should write results;
-until the runner does both, ranks see identical batches (the speed is measured correctly, the
-statistical efficiency is not). The process group is created here if the launcher did not create it
-(NCCL on CUDA, Gloo on the CPU).
+How it is launched: ``processes()`` returns ``world_size``, so the runner starts the cell with
+``torchrun --nproc-per-node=N`` (which sets RANK, LOCAL_RANK, WORLD_SIZE and MASTER_ADDR/PORT); each
+rank reads its own data stream and only rank 0 reports. ``validate`` checks the plan when the
+scenario is loaded (enough GPUs) and, inside the launched cell, that WORLD_SIZE matches; a cell not
+launched that way is refused naming the option. The process group is created here if the launcher
+did not create it (NCCL on CUDA, Gloo on the CPU).
 """
 
 from __future__ import annotations
@@ -48,9 +47,12 @@ class DataParallel(Technique):
     Config = DataParallelConfig
     wraps_model = True
 
+    def processes(self) -> int:
+        return self.config.world_size
+
     def validate(self, cell):
         launched = os.environ.get("WORLD_SIZE")
-        if launched != str(self.config.world_size):
+        if cell.get("launched", True) and launched != str(self.config.world_size):
             raise TechniqueError(
                 f"techniques.data_parallel.world_size: the cell needs {self.config.world_size} processes "
                 f"(torchrun --nproc-per-node={self.config.world_size}); this process was launched with "
