@@ -38,10 +38,10 @@ CPU_TECHNIQUES = [
 STEPS = {"fp16_autocast": 6}
 
 
-def train_lm_tiny(names: list[str], steps: int) -> dict:
+def train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> dict:
     w = WORKLOADS["lm-tiny"]
     run = RunSettings(
-        device=torch.device("cpu"), seed=0, batch_size=w.batch_size, base_batch_size=w.batch_size,
+        device=torch.device(device), seed=0, batch_size=w.batch_size, base_batch_size=w.batch_size,
         seq_len=w.seq_len, lr=w.lr, weight_decay=w.weight_decay, betas=w.betas, warmup_frac=w.warmup_frac,
         grad_clip=w.grad_clip, budget_tokens=None, budget_steps=steps, budget_seconds=None,
         eval_every_tokens=10**9, target_loss=0.0, stop_at_target=False,
@@ -49,7 +49,7 @@ def train_lm_tiny(names: list[str], steps: int) -> dict:
     techniques = [REGISTRY[n](build_config(REGISTRY[n], {}, f"techniques.{n}")) for n in names]
     if not any(t.provides_optimizer for t in techniques):
         techniques.append(REGISTRY["adamw"]())
-    cell = {"device": "cpu", "techniques": names, "batch_size": run.batch_size, "workload": "lm-tiny"}
+    cell = {"device": device, "techniques": names, "batch_size": run.batch_size, "workload": "lm-tiny"}
     for t in techniques:
         t.validate(cell)
     for t in techniques:
@@ -66,6 +66,34 @@ def test_technique_lowers_validation_loss_on_lm_tiny(name):
     first, last = result["curves"][0]["val_loss"], result["curves"][-1]["val_loss"]
     assert result["status"] != "diverged", result.get("error")
     assert math.isfinite(last) and last < first - 0.3, (first, last)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("names", [["cpu_offload_optimizer"], ["fp16_autocast"], ["sam", "fp16_autocast"]])
+def test_gpu_only_techniques_lower_validation_loss_on_cuda(names):
+    result = train_lm_tiny(names, 20, device="cuda")
+    first, last = result["curves"][0]["val_loss"], result["curves"][-1]["val_loss"]
+    assert math.isfinite(last) and last < first - 0.3, (first, last)
+
+
+def test_cpu_offload_matches_adamw_on_the_first_steps_of_a_real_model():
+    """The offloaded optimizer is AdamW: same hyper-parameters, same trajectory (CPU 'device' here)."""
+    from benchbed.techniques.memory.cpu_offload_optimizer import OffloadedAdamW
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(4, 3)
+    b = torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    ref = torch.optim.AdamW(a.parameters(), lr=0.05, weight_decay=0.1)
+    off = OffloadedAdamW([{"params": list(b.parameters()), "weight_decay": 0.1}], lr=0.05)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for model, opt in ((a, ref), (b, off)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
 
 
 def test_every_technique_states_category_and_paper():
