@@ -15,6 +15,7 @@ Every source has a fixed train/validation split and a fingerprint recorded with 
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import math
@@ -91,22 +92,28 @@ class MarkovCopySource(DataSource):
         return -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
 
     def transition_matrix(self) -> np.ndarray:
+        """Dense V x V transition matrix (for small vocabularies and tests)."""
         P = np.zeros((self.vocab_size, self.vocab_size))
         np.put_along_axis(P, self.successors, self.probs, axis=1)
         return P
 
+    def step_distribution(self, dist: np.ndarray) -> np.ndarray:
+        """dist @ P without forming P (the chain is sparse: `branching` successors per state)."""
+        return np.bincount(
+            self.successors.ravel(), weights=(dist[:, None] * self.probs).ravel(), minlength=self.vocab_size
+        )
+
     def entropy_rate(self) -> float:
         """Entropy rate of the chain under its stationary distribution (power iteration)."""
-        P = self.transition_matrix()
         pi = np.full(self.vocab_size, 1.0 / self.vocab_size)
         for _ in range(10_000):
-            nxt = 0.5 * (pi + pi @ P)  # lazy chain: same stationary law, converges if periodic
+            nxt = 0.5 * (pi + self.step_distribution(pi))  # lazy chain: same stationary law, converges if periodic
             if np.abs(nxt - pi).max() < 1e-13:
                 break
             pi = nxt
         return float(pi @ self.row_entropies())
 
-    @property
+    @functools.cached_property
     def loss_floor(self) -> float:  # type: ignore[override]
         """Expected cross-entropy of the true generating process per target token, exactly.
 
@@ -114,13 +121,12 @@ class MarkovCopySource(DataSource):
         the floor is exact for the generating process without assuming stationarity. Targets
         1..m-1 carry the chain's conditional entropy; the m copy targets carry none."""
         m = self.prefix_len
-        P = self.transition_matrix()
         H = self.row_entropies()
         dist = np.full(self.vocab_size, 1.0 / self.vocab_size)
         total = 0.0
         for _ in range(m - 1):
             total += float(dist @ H)
-            dist = dist @ P
+            dist = self.step_distribution(dist)
         return total / self.seq_len
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -157,9 +163,10 @@ class MarkovCopySource(DataSource):
     def nll_of_true_model(self, seqs: torch.Tensor) -> torch.Tensor:
         """Per-sequence mean NLL of the generating process itself (used to check the floor)."""
         m = self.prefix_len
-        P = torch.from_numpy(self.transition_matrix())
         prev, nxt = seqs[:, : m - 1], seqs[:, 1:m]
-        nll_prefix = -torch.log(P[prev, nxt]).sum(dim=1)
+        succ, probs = self._succ_t[prev], torch.from_numpy(self.probs)[prev]  # [n, m-1, k]
+        p = (probs * (succ == nxt[..., None])).sum(-1)
+        nll_prefix = -torch.log(p).sum(dim=1)
         return nll_prefix / self.seq_len
 
     def fingerprint(self) -> str:
