@@ -22,10 +22,14 @@ def _bad_input(message: str) -> int:
 def _fmt(value, unit: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "not reached"
     if unit == "bytes":
         return f"{value / 2**20:.0f} MiB"
     if unit == "s":
         return f"{value:.2f} s"
+    if unit == "J":
+        return f"{value:.1f} J"
     if isinstance(value, float) and value.is_integer():
         return f"{int(value):,}"
     return f"{value:,.4g}" if isinstance(value, float) else str(value)
@@ -39,7 +43,8 @@ def print_ranked_table(cells, title: str) -> None:
 
     board = leaderboard(cells)
     table = Table(
-        title=title, caption="median over seeds; '-' = target not reached (ranks last) or not measured"
+        title=title,
+        caption="median over seeds and repeats; a combination where fewer than half its cells reached ranks last; '-' = not measured",
     )
     for col in (
         "rank",
@@ -61,12 +66,10 @@ def print_ranked_table(cells, title: str) -> None:
         table.add_row(
             str(r["rank"]),
             str(r["variant"]),
-            f"{r['n_reached']}/{r['n_seeds']}",
+            f"{r['n_reached']}/{r['n_cells']}",
             _fmt(r.get("time_to_target_s"), "s"),
             _fmt(r.get("tokens_to_target")),
-            "not measured"
-            if energy is None or (isinstance(energy, float) and math.isnan(energy))
-            else f"{energy:.1f} J",
+            "not measured" if energy is None or math.isnan(energy) else _fmt(energy, "J"),
             _fmt(r.get("peak_mem_bytes"), "bytes"),
             str(r.get("status_counts", "")),
         )
