@@ -19,10 +19,17 @@ Conventions, each taken from a benchmark that argued for it:
   <= tau for tau in [1, 4], and the score the area under rho normalised by (tau_max - 1).
 
 The column names of the returned tables are stable; docs/gate.md lists them.
+
+Large tables (thousands of combinations) are handled in one pass: the table is grouped once, per-cell
+values are computed for the whole table and sliced per group, and combinations with the same number
+of samples are resampled together from one shared index table. Each combination's interval is still
+the one ``bootstrap_ci`` / ``ratio_ci`` give for it alone, bit for bit (tests/test_stats_speed.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Sequence
 
@@ -96,8 +103,11 @@ def _median_rows(sorted_samples: np.ndarray) -> np.ndarray:
     lower middle is the median.
     """
     n = sorted_samples.shape[1]
-    lower = sorted_samples[:, (n - 1) // 2]
-    upper = sorted_samples[:, n // 2]
+    return _median_of_middles(sorted_samples[:, (n - 1) // 2], sorted_samples[:, n // 2])
+
+
+def _median_of_middles(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``_median_rows`` from the lower and upper middle values alone."""
     with np.errstate(invalid="ignore"):
         midpoint = (lower + upper) / 2.0
     return np.where(np.isinf(upper) & ~np.isinf(lower), lower, midpoint)
@@ -152,6 +162,94 @@ def _interval(estimates: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+#: resample index tables larger than this many entries are drawn per call instead of cached
+_MAX_CACHED_INDICES = 1 << 20
+#: groups resampled together are chunked so one chunk holds at most this many float64 values
+_CHUNK_VALUES = 1 << 22
+
+
+def _seed_is_plain(seed) -> bool:
+    # an int seed gives the same stream on every call, so its draws can be cached and shared
+    # between combinations; a Generator (or anything else) must be drawn from in call order
+    return isinstance(seed, (int, np.integer))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_indices(seed: int, n_resamples: int, sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    tables = tuple(rng.choice(size, size=(n_resamples, size), replace=True) for size in sizes)
+    for table in tables:
+        table.setflags(write=False)
+    return tables
+
+
+def _resample_indices(seed, n_resamples: int, sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Index tables drawn exactly as ``rng.choice(samples, size=(n_resamples, n))`` draws them.
+
+    ``Generator.choice`` with replacement draws ``integers(0, n)`` whatever the values are, so the
+    indices depend only on the seed and the sample sizes: every combination of the same size shares
+    them (one draw instead of thousands), and ``samples[indices]`` equals the original resample bit
+    for bit. Sizes drawn from one generator follow each other in order (``ratio_ci``).
+    """
+    if _seed_is_plain(seed) and n_resamples * sum(sizes) <= _MAX_CACHED_INDICES:
+        return _cached_indices(int(seed), int(n_resamples), sizes)
+    rng = np.random.default_rng(seed)
+    return tuple(rng.choice(size, size=(n_resamples, size), replace=True) for size in sizes)
+
+
+def _resampled_estimates(sample_rows: np.ndarray, indices: np.ndarray, aggregate: str) -> np.ndarray:
+    """Aggregate of every resample of every row: ``(groups, n)`` samples -> ``(groups, n_resamples)``."""
+    n_groups = sample_rows.shape[0]
+    n_resamples, size = indices.shape
+    if aggregate == "median":
+        # a signed zero equals an unsigned one but is not the same bits: keep such rows on the sort path
+        by_rank = ~(sample_rows == 0.0).any(axis=1) if n_groups else np.zeros(0, dtype=bool)
+        if by_rank.all():
+            return _resampled_medians_by_rank(sample_rows, indices)
+        estimates = np.empty((n_groups, n_resamples))
+        estimates[by_rank] = _resampled_medians_by_rank(sample_rows[by_rank], indices)
+        estimates[~by_rank] = _resampled_estimates(sample_rows[~by_rank], indices, "sorted-median")
+        return estimates
+    if aggregate == "sorted-median":
+        aggregate = "median"
+    resampled = np.sort(sample_rows[:, indices], axis=2).reshape(n_groups * n_resamples, size)
+    return _aggregate_rows(resampled, aggregate).reshape(n_groups, n_resamples)
+
+
+def _resampled_medians_by_rank(sample_rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Median of every resample without sorting resampled values.
+
+    The middle of a sorted resample is the sample whose rank (in the sorted row) is the middle of
+    the resampled ranks, so the ranks' order statistics give the same values, bit for bit (equal
+    values are equal bits once signed zeros are excluded). Rows whose values are in the same order
+    share the ranks' order statistics: computed once per order, not once per row.
+    """
+    n_groups = sample_rows.shape[0]
+    n_resamples, size = indices.shape
+    estimates = np.empty((n_groups, n_resamples))
+    if n_groups == 0:
+        return estimates
+    order = np.argsort(sample_rows, axis=1, kind="stable")
+    sorted_rows = np.take_along_axis(sample_rows, order, axis=1)
+    rank_of_position = np.argsort(order, axis=1)
+    distinct_ranks, which = np.unique(rank_of_position, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    for distinct, ranks in enumerate(distinct_ranks):
+        resampled_ranks = np.sort(ranks[indices], axis=1)
+        members = np.flatnonzero(which == distinct)
+        member_rows = sorted_rows[members]
+        estimates[members] = _median_of_middles(
+            member_rows[:, resampled_ranks[:, (size - 1) // 2]], member_rows[:, resampled_ranks[:, size // 2]]
+        )
+    return estimates
+
+
+def _chunks(n_groups: int, values_per_group: int):
+    step = max(1, _CHUNK_VALUES // max(1, values_per_group))
+    for start in range(0, n_groups, step):
+        yield slice(start, min(n_groups, start + step))
+
+
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
     *,
@@ -168,9 +266,40 @@ def bootstrap_ci(
     samples = np.asarray(values, dtype=np.float64)
     if samples.size < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    resampled = np.sort(rng.choice(samples, size=(n_resamples, samples.size), replace=True), axis=1)
-    return _interval(_aggregate_rows(resampled, aggregate), confidence)
+    (indices,) = _resample_indices(seed, n_resamples, (samples.size,))
+    return _interval(_resampled_estimates(samples[None, :], indices, aggregate)[0], confidence)
+
+
+def _bootstrap_many(
+    samples_per_group: list[np.ndarray], aggregate: str, confidence: float, n_resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``bootstrap_ci`` of every entry of ``samples_per_group`` (an int seed), as two arrays.
+
+    Groups of the same size share one index table and are resampled together; the result of each
+    group is the one ``bootstrap_ci`` gives for it alone.
+    """
+    low = np.full(len(samples_per_group), np.nan)
+    high = np.full(len(samples_per_group), np.nan)
+    by_size: dict[int, list[int]] = {}
+    for position, samples in enumerate(samples_per_group):
+        if samples.size < 2:
+            continue
+        bits = samples.view(np.int64)
+        if aggregate == "median" and (bits == bits[0]).all():
+            # every resample of identical values is that row again: its median is the interval
+            low[position] = high[position] = _aggregate_rows(samples[None, :], aggregate)[0]
+            continue
+        by_size.setdefault(samples.size, []).append(position)
+    alpha = (1.0 - confidence) / 2.0
+    for size, positions in by_size.items():
+        (indices,) = _resample_indices(seed, n_resamples, (size,))
+        rows = np.stack([samples_per_group[position] for position in positions])
+        for part in _chunks(len(positions), n_resamples * size):
+            estimates = _resampled_estimates(rows[part], indices, aggregate)
+            # order statistics, as in _interval, row by row
+            low[positions[part]] = np.quantile(estimates, alpha, axis=1, method="lower")
+            high[positions[part]] = np.quantile(estimates, 1.0 - alpha, axis=1, method="higher")
+    return low, high
 
 
 def ratio_ci(
@@ -191,21 +320,30 @@ def ratio_ci(
     den = np.asarray(denominator, dtype=np.float64)
     if num.size == 0 or den.size == 0:
         return math.nan, math.nan, math.nan
+    ratio = _point_ratio(num, den, aggregate)
+    if num.size < 2 or den.size < 2:
+        return ratio, math.nan, math.nan
+    num_indices, den_indices = _resample_indices(seed, n_resamples, (num.size, den.size))
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = float(
+        ratios = (
+            _resampled_estimates(num[None, :], num_indices, aggregate)[0]
+            / _resampled_estimates(den[None, :], den_indices, aggregate)[0]
+        )
+    return (ratio, *_ratio_interval(ratios, confidence))
+
+
+def _point_ratio(num: np.ndarray, den: np.ndarray, aggregate: str) -> float:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(
             np.float64(aggregate_value(num, aggregate)) / np.float64(aggregate_value(den, aggregate))
         )
-        if num.size < 2 or den.size < 2:
-            return ratio, math.nan, math.nan
-        rng = np.random.default_rng(seed)
-        num_est = _aggregate_rows(np.sort(rng.choice(num, size=(n_resamples, num.size)), axis=1), aggregate)
-        den_est = _aggregate_rows(np.sort(rng.choice(den, size=(n_resamples, den.size)), axis=1), aggregate)
-        ratios = num_est / den_est
+
+
+def _ratio_interval(ratios: np.ndarray, confidence: float) -> tuple[float, float]:
     ratios = ratios[~np.isnan(ratios)]  # inf/inf: both sides unreached in that resample
     if ratios.size == 0:
-        return ratio, math.nan, math.nan
-    low, high = _interval(ratios, confidence)
-    return ratio, low, high
+        return math.nan, math.nan
+    return _interval(ratios, confidence)
 
 
 def _status_counts(statuses: pd.Series) -> str:
@@ -224,6 +362,76 @@ def _require_columns(cells: pd.DataFrame, columns: Sequence[str]) -> None:
 # -- per-combination summary ------------------------------------------------------------------
 
 
+def _status_counts_of(statuses: tuple[np.ndarray, np.ndarray], positions: np.ndarray) -> str:
+    """``_status_counts`` of the cells at ``positions`` from the table's factorized statuses."""
+    codes, names = statuses
+    counts = np.bincount(codes[positions], minlength=len(names))
+    present = np.flatnonzero(counts)
+    order = sorted(present, key=lambda code: (names[code] != "reached", names[code]))
+    return " ".join(f"{names[code]}:{int(counts[code])}" for code in order)
+
+
+class _Combinations:
+    """The table grouped by ``GROUP_KEYS`` once: keys in ``groupby`` order and each group's row positions.
+
+    Per-cell quantities (reached, metric values) are computed once for the whole table and sliced
+    per group; element by element they are what ``reached_mask`` and ``metric_samples`` give on a
+    group, so the results are unchanged.
+    """
+
+    def __init__(self, cells: pd.DataFrame):
+        self.cells = cells
+        grouped = cells.groupby(GROUP_KEYS, sort=True, dropna=False)
+        self.group_ids = grouped.ngroup().to_numpy()
+        self.keys = list(grouped.size().index) if len(cells) else []
+        order = np.argsort(self.group_ids, kind="stable")  # stable: rows keep their table order
+        bounds = np.searchsorted(self.group_ids[order], np.arange(len(self.keys) + 1))
+        self.positions = [order[bounds[i] : bounds[i + 1]] for i in range(len(self.keys))]
+        self.reached = reached_mask(cells).to_numpy(dtype=bool)
+        first_rows = cells.iloc[[positions[0] for positions in self.positions]]
+        label_columns = [c for c in GROUP_KEYS + _LABEL_COLUMNS if c in cells.columns]
+        if len(cells) and cells.iloc[0].dtype == cells[label_columns].iloc[0].dtype:
+            # a row read from fewer columns has the same values as long as its common dtype is the
+            # same (object when any column is text): reading 10 columns instead of 50 per row
+            first_rows = first_rows[label_columns]
+        self._first_rows = first_rows
+        self._first_row_cache: dict[int, pd.Series] = {}
+        self._values: dict[str, np.ndarray | None] = {}
+        self._energy_measured: np.ndarray | None = None
+
+    def first_row(self, index: int) -> pd.Series:
+        if index not in self._first_row_cache:  # read by summarize and again by speedups
+            self._first_row_cache[index] = self._first_rows.iloc[index]
+        return self._first_row_cache[index]
+
+    def values(self, metric: str) -> np.ndarray | None:
+        """``metric_samples`` of the whole table before NaN is dropped (None: column missing)."""
+        if metric not in self._values:
+            if metric not in self.cells.columns:
+                self._values[metric] = None
+            else:
+                values = pd.to_numeric(self.cells[metric], errors="coerce").to_numpy(
+                    dtype=np.float64, na_value=np.nan
+                )
+                if metric in TO_TARGET_METRICS:
+                    unreached = ~self.reached
+                    if metric == "energy_to_target_j":
+                        if self._energy_measured is None:
+                            self._energy_measured = _energy_measured(self.cells)
+                        unreached &= self._energy_measured
+                    values = np.where(unreached, np.inf, values)
+                self._values[metric] = values
+        return self._values[metric]
+
+    def samples(self, metric: str, index: int) -> np.ndarray:
+        """``metric_samples`` of group ``index``."""
+        values = self.values(metric)
+        if values is None:
+            return np.array([], dtype=np.float64)
+        group_values = values[self.positions[index]]
+        return group_values[~np.isnan(group_values)]
+
+
 def summarize(
     cells: pd.DataFrame,
     *,
@@ -231,6 +439,7 @@ def summarize(
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
+    _combinations: _Combinations | None = None,
 ) -> pd.DataFrame:
     """One row per combination (``workload, device, config_key``) summarising its seeds and repeats.
 
@@ -247,30 +456,60 @@ def summarize(
     intervals at ``confidence``, seeded by ``seed`` (NaN with fewer than two measured values).
     """
     _require_columns(cells, GROUP_KEYS)
+    # leaderboard passes the grouping it already made for summarize
+    combos = _combinations if _combinations is not None else _Combinations(cells)
+    statuses = None
+    if "status" in cells.columns:
+        status_codes, status_names = pd.factorize(cells["status"].astype("string").fillna("unknown"))
+        statuses = (status_codes, np.asarray(status_names, dtype=object))
+    n_seeds = (
+        pd.Series(cells["seed"].to_numpy()).groupby(combos.group_ids).nunique().to_numpy()
+        if "seed" in cells.columns
+        else None
+    )
     rows = []
-    for (workload, device, config_key), group in cells.groupby(GROUP_KEYS, sort=True, dropna=False):
-        first = group.iloc[0]
+    for index, (workload, device, config_key) in enumerate(combos.keys):
+        first = combos.first_row(index)
+        positions = combos.positions[index]
         row: dict = {"workload": workload, "device": device, "config_key": config_key}
         for column in _LABEL_COLUMNS:
-            row[column] = first[column] if column in group.columns else None
+            row[column] = first[column] if column in cells.columns else None
         if row["variant"] is None:
             row["variant"] = row["techniques"]
-        n_reached = int(reached_mask(group).sum())
-        row["n_seeds"] = int(group["seed"].nunique()) if "seed" in group.columns else len(group)
-        row["n_cells"] = len(group)
+        n_reached = int(combos.reached[positions].sum())
+        row["n_seeds"] = int(n_seeds[index]) if n_seeds is not None else len(positions)
+        row["n_cells"] = len(positions)
         row["n_reached"] = n_reached
-        row["status_counts"] = _status_counts(group["status"]) if "status" in group.columns else ""
-        row["reached"] = 2 * n_reached >= len(group) and n_reached > 0
-        for metric in METRICS:
-            samples = metric_samples(group, metric)
-            row[metric] = aggregate_value(samples, aggregate)
-            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = bootstrap_ci(
-                samples, aggregate=aggregate, confidence=confidence, n_resamples=n_resamples, seed=seed
-            )
-            row[f"{metric}_n"] = int(np.isfinite(samples).sum())
-        for loss in ("best_val_loss", "final_val_loss"):
-            row[loss] = median(metric_samples(group, loss))
+        row["status_counts"] = _status_counts_of(statuses, positions) if statuses is not None else ""
+        row["reached"] = 2 * n_reached >= len(positions) and n_reached > 0
         rows.append(row)
+    # one pass per metric over the whole table instead of one pandas filter per combination
+    for metric in METRICS:
+        samples_per_group = [combos.samples(metric, index) for index in range(len(combos.keys))]
+        estimates = [aggregate_value(samples, aggregate) for samples in samples_per_group]
+        if _seed_is_plain(seed):
+            low, high = _bootstrap_many(samples_per_group, aggregate, confidence, n_resamples, seed)
+            intervals = list(zip(low.tolist(), high.tolist(), strict=True))
+        else:
+            intervals = None  # drawn below, combination by combination in the original order
+        for index, row in enumerate(rows):
+            row[metric] = estimates[index]
+            if intervals is not None:
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = intervals[index]
+            row[f"{metric}_n"] = int(np.isfinite(samples_per_group[index]).sum())
+    if not _seed_is_plain(seed):
+        for index, row in enumerate(rows):
+            for metric in METRICS:
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = bootstrap_ci(
+                    combos.samples(metric, index),
+                    aggregate=aggregate,
+                    confidence=confidence,
+                    n_resamples=n_resamples,
+                    seed=seed,
+                )
+    for loss in ("best_val_loss", "final_val_loss"):
+        for index, row in enumerate(rows):
+            row[loss] = median(combos.samples(loss, index))
     columns = (
         GROUP_KEYS
         + _LABEL_COLUMNS
@@ -308,6 +547,52 @@ def _baseline_cells(cells: pd.DataFrame, workload, device, baseline_label, scena
     return candidates
 
 
+def _ratio_many(
+    pairs: list, *, aggregate: str, confidence: float, n_resamples: int, seed: int
+) -> list[tuple[float, float, float]]:
+    """``ratio_ci`` of every ``(numerator, denominator)`` pair (an int seed); 3-tuples pass through.
+
+    Pairs with the same two sample sizes share the index tables and are resampled together.
+    """
+    results: list = [None] * len(pairs)
+    by_sizes: dict[tuple[int, int], list[int]] = {}
+    for position, pair in enumerate(pairs):
+        if len(pair) == 3:
+            results[position] = pair
+            continue
+        num, den = pair
+        if num.size == 0 or den.size == 0:
+            results[position] = (math.nan, math.nan, math.nan)
+        elif num.size < 2 or den.size < 2:
+            results[position] = (_point_ratio(num, den, aggregate), math.nan, math.nan)
+        else:
+            by_sizes.setdefault((num.size, den.size), []).append(position)
+    for sizes, positions in by_sizes.items():
+        num_indices, den_indices = _resample_indices(seed, n_resamples, sizes)
+        num_rows = np.stack([pairs[position][0] for position in positions])
+        den_rows = np.stack([pairs[position][1] for position in positions])
+        for part in _chunks(len(positions), n_resamples * max(sizes)):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = _resampled_estimates(num_rows[part], num_indices, aggregate) / _resampled_estimates(
+                    den_rows[part], den_indices, aggregate
+                )
+            part_positions = positions[part]
+            # rows without inf/inf resamples: order statistics of all rows at once, as _interval takes them
+            clean = ~np.isnan(ratios).any(axis=1)
+            alpha = (1.0 - confidence) / 2.0
+            clean_low = np.quantile(ratios[clean], alpha, axis=1, method="lower").tolist()
+            clean_high = np.quantile(ratios[clean], 1.0 - alpha, axis=1, method="higher").tolist()
+            clean_rank = np.cumsum(clean) - 1
+            for offset, position in enumerate(part_positions):
+                num, den = pairs[position]
+                if clean[offset]:
+                    interval = (clean_low[clean_rank[offset]], clean_high[clean_rank[offset]])
+                else:
+                    interval = _ratio_interval(ratios[offset], confidence)
+                results[position] = (_point_ratio(num, den, aggregate), *interval)
+    return results
+
+
 def speedups(
     cells: pd.DataFrame,
     metric: str = "time_to_target_s",
@@ -316,6 +601,7 @@ def speedups(
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
+    _combinations: _Combinations | None = None,
 ) -> pd.DataFrame:
     """Speedup of every combination against its scenario's baseline on the same workload and device.
 
@@ -331,25 +617,46 @@ def speedups(
     if metric not in METRICS:
         raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
     smaller_is_better = METRICS[metric]
+    # leaderboard passes the grouping it already made for summarize
+    combos = _combinations if _combinations is not None else _Combinations(cells)
+    # the baseline cells are few: search them, not the whole table, and once per distinct question
+    pool_positions = (
+        np.flatnonzero(cells["is_baseline"].fillna(False).astype(bool).to_numpy())
+        if "is_baseline" in cells.columns
+        else np.array([], dtype=np.int64)
+    )
+    # indexed by table position, so the cells _baseline_cells picks are positions directly
+    baseline_pool = cells.iloc[pool_positions].set_axis(pool_positions)
+    baseline_lookup: dict = {}
+    pairs = []  # per combination: (value, low, high) or (numerator, denominator) still to resample
     rows = []
-    for (workload, device, config_key), group in cells.groupby(GROUP_KEYS, sort=True, dropna=False):
-        first = group.iloc[0]
-        variant = first["variant"] if "variant" in group.columns else first.get("techniques")
-        baseline_label = first["baseline"] if "baseline" in group.columns else None
-        scenario = first["scenario"] if "scenario" in group.columns else None
-        base = _baseline_cells(cells, workload, device, baseline_label, scenario)
-        ours = metric_samples(group, metric)
-        theirs = metric_samples(base, metric)
-        if len(base) and (base["config_key"] == config_key).all():
-            value, low, high = 1.0, 1.0, 1.0  # the baseline against itself, by definition
-        elif smaller_is_better:
-            value, low, high = ratio_ci(
-                theirs, ours, aggregate=aggregate, confidence=confidence, n_resamples=n_resamples, seed=seed
-            )
+    for index, (workload, device, config_key) in enumerate(combos.keys):
+        first = combos.first_row(index)
+        variant = first["variant"] if "variant" in cells.columns else first.get("techniques")
+        baseline_label = first["baseline"] if "baseline" in cells.columns else None
+        scenario = first["scenario"] if "scenario" in cells.columns else None
+        question = (workload, device, baseline_label, scenario)
+        try:
+            base_positions, base_keys = baseline_lookup[question]
+        except (KeyError, TypeError):  # TypeError: an unhashable label, not looked up twice
+            base = _baseline_cells(baseline_pool, workload, device, baseline_label, scenario)
+            base_positions = base.index.to_numpy(dtype=np.int64)
+            base_keys = base["config_key"]
+            with contextlib.suppress(TypeError):
+                baseline_lookup[question] = (base_positions, base_keys)
+        ours = combos.samples(metric, index)
+        values = combos.values(metric)
+        if values is None:
+            theirs = np.array([], dtype=np.float64)
         else:
-            value, low, high = ratio_ci(
-                ours, theirs, aggregate=aggregate, confidence=confidence, n_resamples=n_resamples, seed=seed
-            )
+            theirs = values[base_positions]
+            theirs = theirs[~np.isnan(theirs)]
+        if len(base_positions) and (base_keys == config_key).all():
+            pairs.append((1.0, 1.0, 1.0))  # the baseline against itself, by definition
+        elif smaller_is_better:
+            pairs.append((theirs, ours))
+        else:
+            pairs.append((ours, theirs))
         rows.append(
             {
                 "workload": workload,
@@ -358,11 +665,15 @@ def speedups(
                 "variant": variant,
                 "baseline": baseline_label,
                 "metric": metric,
-                "speedup": value,
-                "speedup_ci_low": low,
-                "speedup_ci_high": high,
             }
         )
+    options = dict(aggregate=aggregate, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    if _seed_is_plain(seed):
+        results = _ratio_many(pairs, **options)
+    else:  # a Generator: draw combination by combination, in order
+        results = [pair if len(pair) == 3 else ratio_ci(*pair, **options) for pair in pairs]
+    for row, (value, low, high) in zip(rows, results, strict=True):
+        row["speedup"], row["speedup_ci_low"], row["speedup_ci_high"] = value, low, high
     return pd.DataFrame(
         rows,
         columns=GROUP_KEYS
@@ -432,10 +743,12 @@ def leaderboard(
     if rank_by not in METRICS:
         raise ValueError(f"rank_by: expected one of {', '.join(METRICS)}, got {rank_by!r}")
     options = dict(aggregate=aggregate, confidence=confidence, n_resamples=n_resamples, seed=seed)
-    summary = summarize(cells, **options)
+    _require_columns(cells, GROUP_KEYS)
+    combos = _Combinations(cells)
+    summary = summarize(cells, **options, _combinations=combos)
     if summary.empty:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
-    speedup = speedups(cells, rank_by, **options)
+    speedup = speedups(cells, rank_by, **options, _combinations=combos)
     table = summary.merge(
         speedup[GROUP_KEYS + ["speedup", "speedup_ci_low", "speedup_ci_high"]], on=GROUP_KEYS, how="left"
     )
