@@ -107,7 +107,9 @@ class MarkovCopySource(DataSource):
         """Entropy rate of the chain under its stationary distribution (power iteration)."""
         pi = np.full(self.vocab_size, 1.0 / self.vocab_size)
         for _ in range(10_000):
-            nxt = 0.5 * (pi + self.step_distribution(pi))  # lazy chain: same stationary law, converges if periodic
+            nxt = 0.5 * (
+                pi + self.step_distribution(pi)
+            )  # lazy chain: same stationary law, converges if periodic
             if np.abs(nxt - pi).max() < 1e-13:
                 break
             pi = nxt

@@ -57,8 +57,12 @@ def main() -> None:
             f"{r['train_eval_warmup_s']:.1f} s, cells' own wall {r['cell_wall_s']:.1f} s, "
             f"ratio {r['ratio']:.3f}, statuses {r['statuses']}"
         )
-    print(f"median ratio wall / (train + eval + warm-up): {statistics.median(r['ratio'] for r in runs):.3f} (goal <= 1.15)")
-    print(f"median ratio wall / cells' own wall: {statistics.median(r['wall_s'] / r['cell_wall_s'] for r in runs):.3f}")
+    print(
+        f"median ratio wall / (train + eval + warm-up): {statistics.median(r['ratio'] for r in runs):.3f} (goal <= 1.15)"
+    )
+    print(
+        f"median ratio wall / cells' own wall: {statistics.median(r['wall_s'] / r['cell_wall_s'] for r in runs):.3f}"
+    )
 
 
 if __name__ == "__main__":
