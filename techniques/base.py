@@ -120,6 +120,27 @@ class Technique:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
 
+def check_optimizer_options(config: Any) -> None:
+    """The range checks every optimizer config shares, for the fields it has (None = inherited
+    from the run, not checked): betas and momentum in [0, 1), lr, lr_ratio and eps positive,
+    weight decay non-negative."""
+
+    def value(name):
+        return getattr(config, name, None)
+
+    for name in ("beta1", "beta2", "momentum"):
+        v = value(name)
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ValueError(f"{name}: must be in [0, 1), got {v}")
+    for name in ("lr", "lr_ratio", "eps"):
+        v = value(name)
+        if v is not None and v <= 0:
+            raise ValueError(f"{name}: must be positive, got {v}")
+    v = value("weight_decay")
+    if v is not None and v < 0:
+        raise ValueError(f"weight_decay: must be >= 0, got {v}")
+
+
 def build_config(cls: type[Technique], options: dict[str, Any], where: str) -> Any:
     """Typed, validated config from a TOML table: unknown keys and wrong types are refused."""
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}

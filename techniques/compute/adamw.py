@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, check_optimizer_options, register
 
 
 def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
@@ -35,14 +35,7 @@ class AdamWConfig:
     weight_decay: float | None = None  # None: the workload's
 
     def check(self) -> None:
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            if v is not None and not 0.0 <= v < 1.0:
-                raise ValueError(f"{name}: must be in [0, 1), got {v}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
-        if self.eps <= 0:
-            raise ValueError(f"eps: must be positive, got {self.eps}")
+        check_optimizer_options(self)
 
 
 @register

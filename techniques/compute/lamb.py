@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, check_optimizer_options, register
 from benchbed.techniques.compute.adamw import decay_groups
 
 
@@ -73,16 +73,7 @@ class LAMBConfig:
     weight_decay: float | None = None  # None: the run's
 
     def check(self) -> None:
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            if v is not None and not 0.0 <= v < 1.0:
-                raise ValueError(f"{name}: must be in [0, 1), got {v}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
-        if self.eps <= 0:
-            raise ValueError(f"eps: must be positive, got {self.eps}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        check_optimizer_options(self)
 
 
 @register

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, check_optimizer_options, register
 from benchbed.techniques.compute.adamw import decay_groups
 
 
@@ -78,16 +78,9 @@ class LARSConfig:
     weight_decay: float = 0.0005  # beta of the paper (its AlexNet setting), coupled as in Algorithm 1
 
     def check(self) -> None:
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
-        if self.lr_ratio <= 0:
-            raise ValueError(f"lr_ratio: must be positive, got {self.lr_ratio}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        check_optimizer_options(self)
         if self.trust_coefficient <= 0:
             raise ValueError(f"trust_coefficient: must be positive, got {self.trust_coefficient}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
 
 
 @register

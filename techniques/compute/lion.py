@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, check_optimizer_options, register
 from benchbed.techniques.compute.adamw import decay_groups
 
 
@@ -60,16 +60,7 @@ class LionConfig:
     weight_decay: float | None = None  # None: the run's weight decay / lr_ratio (same lr * lambda)
 
     def check(self) -> None:
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"{name}: must be in [0, 1), got {v}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
-        if self.lr_ratio <= 0:
-            raise ValueError(f"lr_ratio: must be positive, got {self.lr_ratio}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        check_optimizer_options(self)
 
 
 @register

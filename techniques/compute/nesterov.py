@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, check_optimizer_options, register
 from benchbed.techniques.compute.adamw import decay_groups
 
 
@@ -29,14 +29,9 @@ class NesterovConfig:
     weight_decay: float = 0.0  # L2 (coupled); the run's decoupled AdamW coefficient does not transfer
 
     def check(self) -> None:
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
-        if self.lr_ratio <= 0:
-            raise ValueError(f"lr_ratio: must be positive, got {self.lr_ratio}")
+        check_optimizer_options(self)
         if not 0.0 < self.momentum < 1.0:
             raise ValueError(f"momentum: Nesterov needs a momentum in (0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
 
 
 @register

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, check_optimizer_options, register
 from benchbed.techniques.compute.adamw import decay_groups
 from benchbed.techniques.hardware import check_backend, use_kernel
 
@@ -37,20 +37,9 @@ class FusedOptimizerConfig:
     backend: str = "auto"  # auto | reference | triton
 
     def check(self) -> None:
+        check_optimizer_options(self)
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm: expected one of {', '.join(ALGORITHMS)}, got '{self.algorithm}'")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            if v is not None and not 0.0 <= v < 1.0:
-                raise ValueError(f"{name}: must be in [0, 1), got {v}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
-        if self.lr_ratio <= 0:
-            raise ValueError(f"lr_ratio: must be positive, got {self.lr_ratio}")
-        if self.eps <= 0:
-            raise ValueError(f"eps: must be positive, got {self.eps}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         check_backend(self.backend)
 
 
