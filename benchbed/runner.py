@@ -61,6 +61,17 @@ def environment() -> dict:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the cell's process, before exec: on Linux, be killed when the runner dies (even by
+    SIGKILL), so no orphaned cell keeps training and skews the next run's timings."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _classify_crash(returncode: int, stderr_tail: str, timed_out: bool) -> str:
     if timed_out:
         return "timeout"
@@ -100,6 +111,7 @@ def run_cell_subprocess(
             text=True,
             env=env,
             start_new_session=True,  # a timeout kills the cell's whole process group
+            preexec_fn=_die_with_parent,
         )
 
         def kill_on_timeout():
@@ -114,6 +126,11 @@ def run_cell_subprocess(
                 with contextlib.suppress(json.JSONDecodeError):
                     on_event(json.loads(line))
             proc.wait()
+        except BaseException:  # Ctrl-C or an error in the runner: the cell must not outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         finally:
             timer.cancel()
             os.unlink(spec_path)

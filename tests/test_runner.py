@@ -60,11 +60,19 @@ def test_sigkill_mid_matrix_then_rerun_keeps_every_cell_exactly_once(tiny_scenar
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+    def running_cells() -> str:
+        return subprocess.run(
+            ["pgrep", "-f", f"benchbed.cell .* {out}$"], capture_output=True, text=True
+        ).stdout
+
     deadline = time.time() + 240
-    while time.time() < deadline and len(store.read_parts(out)) < 2:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the runner and the cell it was training
+    while time.time() < deadline and (len(store.read_parts(out)) < 2 or not running_cells()):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)  # the runner only, mid-cell: its cell must die with it
     proc.wait()
+    time.sleep(0.3)
+    assert running_cells() == "", "a cell outlived its runner"
     survivors = started_at(out)
     assert 2 <= len(survivors) < 6
     rerun = cli("run", path, "--out", str(out), "--quiet")
