@@ -87,13 +87,9 @@ class RunSettings:
         return min(limits) if limits else None
 
 
-def default_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over non-ignored targets (per-sequence weights if given)."""
+def per_sequence_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy of each sequence over its non-ignored targets, [B]."""
     logits = model(batch.inputs)
-    if batch.weights is None:
-        return F.cross_entropy(
-            logits.view(-1, logits.size(-1)).float(), batch.targets.view(-1), ignore_index=IGNORE_INDEX
-        )
     per_token = F.cross_entropy(
         logits.view(-1, logits.size(-1)).float(),
         batch.targets.view(-1),
@@ -101,8 +97,18 @@ def default_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         reduction="none",
     ).view(batch.targets.shape)
     mask = (batch.targets != IGNORE_INDEX).float()
-    per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-    return (per_seq * batch.weights).sum() / batch.weights.sum()
+    return (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def default_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over non-ignored targets; with per-sequence weights, their
+    self-normalised weighted mean of per-sequence losses."""
+    if batch.weights is None:
+        logits = model(batch.inputs)
+        return F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(), batch.targets.view(-1), ignore_index=IGNORE_INDEX
+        )
+    return (per_sequence_loss(model, batch) * batch.weights).sum() / batch.weights.sum()
 
 
 class TrainContext:

@@ -22,22 +22,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from benchbed.techniques.base import Technique, TechniqueError, register
-from benchbed.train import IGNORE_INDEX, Batch
-
-
-def per_sequence_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    logits = model(batch.inputs)
-    per_token = F.cross_entropy(
-        logits.view(-1, logits.size(-1)).float(),
-        batch.targets.view(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(batch.targets.shape)
-    mask = (batch.targets != IGNORE_INDEX).float()
-    return (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+from benchbed.train import Batch, per_sequence_loss
 
 
 def unbiased_weighted_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
