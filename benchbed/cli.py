@@ -206,7 +206,7 @@ def cmd_dashboard(args) -> int:
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(app),
         "--server.address", args.host, "--server.port", str(args.port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
     ]  # fmt: skip
     print(
         f"benchbed dashboard: http://{args.host}:{args.port}  ({len(dirs)} results director{'y' if len(dirs) == 1 else 'ies'})"
