@@ -38,6 +38,7 @@ def _fmt(value, unit: str = "") -> str:
 def print_ranked_table(cells, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from benchbed.stats import leaderboard
 
@@ -65,7 +66,7 @@ def print_ranked_table(cells, title: str) -> None:
         energy = r.get("energy_to_target_j", math.nan)
         table.add_row(
             str(r["rank"]),
-            str(r["variant"]),
+            Text(str(r["variant"])),  # Text: "[rule=sqrt]" in a variant is not rich markup
             f"{r['n_reached']}/{r['n_cells']}",
             _fmt(r.get("time_to_target_s"), "s"),
             _fmt(r.get("tokens_to_target")),
