@@ -26,6 +26,20 @@ def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[
     return groups
 
 
+def resolve_hyperparameters(config, run, default_betas=None) -> tuple[float, tuple[float, float], float]:
+    """(lr, betas, weight_decay): each option the config leaves as None comes from the run (or
+    `default_betas`), so a scenario overrides only what it names."""
+    betas = default_betas if default_betas is not None else run.betas
+    return (
+        config.lr if config.lr is not None else run.lr,
+        (
+            config.beta1 if config.beta1 is not None else betas[0],
+            config.beta2 if config.beta2 is not None else betas[1],
+        ),
+        config.weight_decay if config.weight_decay is not None else run.weight_decay,
+    )
+
+
 @dataclass(frozen=True)
 class AdamWConfig:
     lr: float | None = None  # None: the workload's (scaled) learning rate
@@ -49,12 +63,7 @@ class AdamW(Technique):
     provides_optimizer = True
 
     def build_optimizer(self, params, ctx):
-        c, run = self.config, ctx.run
-        betas = (
-            c.beta1 if c.beta1 is not None else run.betas[0],
-            c.beta2 if c.beta2 is not None else run.betas[1],
-        )
-        wd = c.weight_decay if c.weight_decay is not None else run.weight_decay
-        lr = c.lr if c.lr is not None else run.lr
+        c = self.config
+        lr, betas, wd = resolve_hyperparameters(c, ctx.run)
         fast = {"fused": True} if ctx.device.type == "cuda" else {"foreach": True}
         return torch.optim.AdamW(decay_groups(params, wd), lr=lr, betas=betas, eps=c.eps, **fast)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from benchbed.techniques.base import Technique, check_optimizer_options, register
-from benchbed.techniques.compute.adamw import decay_groups
+from benchbed.techniques.compute.adamw import decay_groups, resolve_hyperparameters
 
 
 class LAMBOptimizer(torch.optim.Optimizer):
@@ -87,14 +87,9 @@ class LAMB(Technique):
     provides_optimizer = True
 
     def build_optimizer(self, params, ctx):
-        c, run = self.config, ctx.run
-        betas = (
-            c.beta1 if c.beta1 is not None else run.betas[0],
-            c.beta2 if c.beta2 is not None else run.betas[1],
-        )
-        wd = c.weight_decay if c.weight_decay is not None else run.weight_decay
+        c = self.config
+        lr, betas, wd = resolve_hyperparameters(c, ctx.run)
         groups = decay_groups(params, wd)
         for group in groups:
             group["adapt"] = all(p.dim() >= 2 for p in group["params"])
-        lr = c.lr if c.lr is not None else run.lr
         return LAMBOptimizer(groups, lr=lr, betas=betas, eps=c.eps, weight_decay=wd)

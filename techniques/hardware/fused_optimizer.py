@@ -16,10 +16,10 @@ Without CUDA ``auto`` runs the PyTorch reference step on the same flat buffers a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from benchbed.techniques.base import Technique, check_optimizer_options, register
-from benchbed.techniques.compute.adamw import decay_groups
+from benchbed.techniques.compute.adamw import decay_groups, resolve_hyperparameters
 from benchbed.techniques.hardware import check_backend, use_kernel
 
 ALGORITHMS = ("adamw", "lion")
@@ -60,17 +60,10 @@ class FusedOptimizer(Technique):
         c, run = self.config, ctx.run
         step_fn = use_kernel(ctx, self.name, f"{c.algorithm}_step", c.backend)
         if c.algorithm == "adamw":
-            lr = c.lr if c.lr is not None else run.lr
-            default_betas = run.betas
-            wd = c.weight_decay if c.weight_decay is not None else run.weight_decay
-        else:
-            lr = c.lr if c.lr is not None else c.lr_ratio * run.lr
-            default_betas = (0.9, 0.99)
-            wd = c.weight_decay if c.weight_decay is not None else run.weight_decay / c.lr_ratio
-        betas = (
-            c.beta1 if c.beta1 is not None else default_betas[0],
-            c.beta2 if c.beta2 is not None else default_betas[1],
-        )
+            lr, betas, wd = resolve_hyperparameters(c, run)
+        else:  # Lion: its own betas, lr scaled down and weight decay up by lr_ratio (same lr * wd)
+            scaled = replace(run, lr=c.lr_ratio * run.lr, weight_decay=run.weight_decay / c.lr_ratio)
+            lr, betas, wd = resolve_hyperparameters(c, scaled, default_betas=(0.9, 0.99))
         from benchbed.kernels.optimizer_steps import FusedStepOptimizer  # imports triton: only when used
 
         return FusedStepOptimizer(
