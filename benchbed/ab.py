@@ -29,7 +29,7 @@ from pathlib import Path
 
 import tomllib
 
-from benchbed import config, gate
+from benchbed import gate, plan
 
 PROG = "benchbed ab"
 SIDES = ("baseline", "candidate")
@@ -86,7 +86,7 @@ def build_import_root(source: str | Path, root: str | Path) -> Path:
     return root
 
 
-def interleaved_units(cells: list[config.Cell], pairs: int) -> list[tuple[config.Cell, tuple[str, str]]]:
+def interleaved_units(cells: list[plan.Cell], pairs: int) -> list[tuple[plan.Cell, tuple[str, str]]]:
     """(cell, side order) for every repeat of every (configuration, seed): A B, B A, A B, ..."""
     firsts = {}
     for cell in cells:  # one cell per (configuration, seed); the repeats are made here
@@ -100,7 +100,7 @@ def interleaved_units(cells: list[config.Cell], pairs: int) -> list[tuple[config
 
 
 def run_ab(
-    scenario: config.Scenario,
+    scenario: plan.Scenario,
     baseline_src: str | Path,
     candidate_src: str | Path,
     out_dir: str | Path,
@@ -109,7 +109,7 @@ def run_ab(
     log=None,
 ) -> tuple[Path, Path]:
     """Run both sides interleaved; returns ``(OUT/baseline, OUT/candidate)``."""
-    from benchbed.runner import run_scenario
+    from benchbed.run.runner import run_scenario
 
     out_dir = Path(out_dir)
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="runs of every cell per side (default %(default)s; >= 5 for p < 0.01)",
     )
-    parser.add_argument("--device", choices=config.DEVICES, help="override the scenario's device")
+    parser.add_argument("--device", choices=plan.DEVICES, help="override the scenario's device")
     gate.add_gate_options(parser)
     return parser
 
@@ -166,8 +166,8 @@ def cli_main(argv: list[str] | None = None) -> int:
             if not (Path(source) / "benchbed" / "__init__.py").is_file():
                 raise ABInputError(f"{source}: {flag}: not a benchbed source tree (no benchbed/__init__.py)")
         try:
-            scenario = config.load(config.resolve_scenario_path(args.scenario), device_override=args.device)
-        except config.ScenarioError as error:
+            scenario = plan.load(plan.resolve_scenario_path(args.scenario), device_override=args.device)
+        except plan.ScenarioError as error:
             raise ABInputError(str(error)) from error
         baseline_dir, candidate_dir = run_ab(
             scenario, args.baseline_src, args.candidate_src, args.out, pairs=args.pairs

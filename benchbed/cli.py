@@ -78,13 +78,14 @@ def print_ranked_table(cells, title: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from benchbed import config, store
-    from benchbed.runner import plan, run_scenario
+    from benchbed import plan as planning
+    from benchbed.results import store
+    from benchbed.run.runner import plan, run_scenario
 
-    path = config.resolve_scenario_path(args.scenario)
+    path = planning.resolve_scenario_path(args.scenario)
     try:
-        scenario = config.load(path, device_override=args.device, repeats_override=args.repeat)
-    except config.ScenarioError as exc:
+        scenario = planning.load(path, device_override=args.device, repeats_override=args.repeat)
+    except planning.ScenarioError as exc:
         return _bad_input(str(exc))
     out_dir = Path(args.out or os.path.join("results", scenario.name))
     if args.dry_run:
@@ -145,10 +146,9 @@ def cmd_list(args) -> int:
         for col in ("name", "model", "data", "batch", "budget tokens", "target loss", "description"):
             table.add_column(col)
         for w in WORKLOADS.values():
-            m = w.model
             table.add_row(
                 w.name,
-                f"{m.n_layer}L d={m.d_model} h={m.n_head} T={m.seq_len}",
+                w.describe_model(),
                 w.data_label,
                 str(w.batch_size),
                 f"{w.budget_tokens:,}",
@@ -173,7 +173,7 @@ def cmd_env(args) -> int:
 
     import torch
 
-    from benchbed.telemetry import describe_environment
+    from benchbed.measure.machine import describe_environment
 
     print(
         f"python {platform.python_version()}  torch {torch.__version__}  cpu threads {torch.get_num_threads()}"

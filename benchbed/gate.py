@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from benchbed import stats, store
+from benchbed import stats
+from benchbed.results import store
 
 PROG = "benchbed gate"
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchbed import figures, gate, stats, store
+from benchbed import figures, gate, stats
+from benchbed.results import store
 
 TABLES = ("cells", "curves", "telemetry")
 KERNELS_FILE = "kernels.parquet"

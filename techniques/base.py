@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from benchbed.train import Batch, RunSettings, TrainContext
+    from benchbed.worker.context import RunSettings, TrainContext
+    from benchbed.workloads import Batch
 
 #: the survey's taxonomy, used by `benchbed list techniques` and the dashboard filters
 CATEGORIES = (
@@ -118,27 +119,6 @@ class Technique:
     @classmethod
     def describe(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-
-
-def check_optimizer_options(config: Any) -> None:
-    """The range checks every optimizer config shares, for the fields it has (None = inherited
-    from the run, not checked): betas and momentum in [0, 1), lr, lr_ratio and eps positive,
-    weight decay non-negative."""
-
-    def value(name):
-        return getattr(config, name, None)
-
-    for name in ("beta1", "beta2", "momentum"):
-        v = value(name)
-        if v is not None and not 0.0 <= v < 1.0:
-            raise ValueError(f"{name}: must be in [0, 1), got {v}")
-    for name in ("lr", "lr_ratio", "eps"):
-        v = value(name)
-        if v is not None and v <= 0:
-            raise ValueError(f"{name}: must be positive, got {v}")
-    v = value("weight_decay")
-    if v is not None and v < 0:
-        raise ValueError(f"weight_decay: must be >= 0, got {v}")
 
 
 def build_config(cls: type[Technique], options: dict[str, Any], where: str) -> Any:

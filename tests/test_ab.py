@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchbed import ab, config, gate, store
+from benchbed import ab, gate, plan
+from benchbed.results import store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,7 @@ def test_import_root_runs_the_source_trees_own_mapped_packages(tmp_path):
 def test_units_interleave_a_b_b_a_over_repeats(tmp_path):
     path = tmp_path / "two-seeds.toml"
     path.write_text(MINI_SCENARIO.replace("seeds = [0]", "seeds = [0, 1]"))
-    scenario = config.load(str(path))
+    scenario = plan.load(str(path))
     units = ab.interleaved_units(scenario.cells, pairs=3)
     assert [(cell.seed, cell.repeat) for cell, _ in units] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
     assert [order[0] for _, order in units] == ["baseline", "candidate"] * 3
@@ -77,7 +78,7 @@ def test_units_interleave_a_b_b_a_over_repeats(tmp_path):
 
 
 def test_run_ab_alternates_sides_with_their_own_import_roots(tmp_path, monkeypatch):
-    import benchbed.runner
+    import benchbed.run.runner
 
     calls = []
 
@@ -86,12 +87,12 @@ def test_run_ab_alternates_sides_with_their_own_import_roots(tmp_path, monkeypat
         calls.append((Path(out_dir).name, chosen, cell_env["PYTHONPATH"].split(os.pathsep)[0]))
         return Path(out_dir)
 
-    monkeypatch.setattr(benchbed.runner, "run_scenario", fake_run_scenario)
+    monkeypatch.setattr(benchbed.run.runner, "run_scenario", fake_run_scenario)
     path = tmp_path / "mini.toml"
     path.write_text(MINI_SCENARIO)
     out = tmp_path / "ab"
     main, pr = fake_source(tmp_path, "main"), fake_source(tmp_path, "pr")
-    dirs = ab.run_ab(config.load(str(path)), main, pr, out, pairs=4, log=lambda message: None)
+    dirs = ab.run_ab(plan.load(str(path)), main, pr, out, pairs=4, log=lambda message: None)
     assert dirs == (out / "baseline", out / "candidate")
     assert [side for side, _, _ in calls] == ["baseline", "candidate", "candidate", "baseline"] * 2
     assert all(len(chosen) == 1 for _, chosen, _ in calls)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from benchbed import config
+from benchbed import plan
 
 GOOD = """
 workload = "lm-tiny"
@@ -62,8 +62,8 @@ MALFORMED = [
 def test_malformed_scenario_gives_one_line_naming_file_and_field(tmp_path, text, expected):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(config.ScenarioError) as info:
-        config.load(str(path))
+    with pytest.raises(plan.ScenarioError) as info:
+        plan.load(str(path))
     message = str(info.value)
     assert message.startswith(f"{path}: ")
     assert expected in message
@@ -81,8 +81,8 @@ def test_two_optimizers_in_one_cell_are_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(REGISTRY, "other_opt", OtherOpt)
     path = tmp_path / "two.toml"
     path.write_text('[matrix]\ntechniques = ["adamw+other_opt"]\n')
-    with pytest.raises(config.ScenarioError, match="two optimizers in one cell: adamw and other_opt"):
-        config.load(str(path))
+    with pytest.raises(plan.ScenarioError, match="two optimizers in one cell: adamw and other_opt"):
+        plan.load(str(path))
 
 
 def test_conflicting_techniques_are_refused(tmp_path, monkeypatch):
@@ -96,8 +96,8 @@ def test_conflicting_techniques_are_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(REGISTRY, "picky", Picky)
     path = tmp_path / "c.toml"
     path.write_text('[matrix]\ntechniques = ["picky+bf16_autocast"]\n')
-    with pytest.raises(config.ScenarioError, match="'picky' cannot be combined with 'bf16_autocast'"):
-        config.load(str(path))
+    with pytest.raises(plan.ScenarioError, match="'picky' cannot be combined with 'bf16_autocast'"):
+        plan.load(str(path))
 
 
 def test_matrix_is_the_product_of_axes_with_include_and_exclude(tmp_path):
@@ -122,7 +122,7 @@ def test_matrix_is_the_product_of_axes_with_include_and_exclude(tmp_path):
             """
         )
     )
-    sc = config.load(str(path))
+    sc = plan.load(str(path))
     # 2 combos x 2 batch sizes x 2 eps x 2 seeds = 16, minus 4 excluded, plus 2 included (eps axis)
     assert len(sc.cells) == 16 - 4 + 2
     assert len({c.cell_id for c in sc.cells}) == len(sc.cells)
@@ -138,7 +138,7 @@ def test_matrix_is_the_product_of_axes_with_include_and_exclude(tmp_path):
 def test_implicit_adamw_and_lifecycle_order(tmp_path):
     path = tmp_path / "o.toml"
     path.write_text('[matrix]\ntechniques = ["bf16_autocast"]\n')
-    (cell,) = config.load(str(path)).cells
+    (cell,) = plan.load(str(path)).cells
     assert cell.techniques == ("adamw", "bf16_autocast")
     assert cell.techniques_label == "adamw+bf16_autocast"
 
@@ -159,7 +159,7 @@ def test_cli_bad_scenario_exits_2_with_one_line_and_writes_nothing(tmp_path):
 
 
 def test_shipped_default_scenario_is_valid():
-    sc = config.load(config.default_scenario_path(), device_override="cpu")
+    sc = plan.load(plan.default_scenario_path(), device_override="cpu")
     combos = {c.techniques_label for c in sc.cells}
     assert len(combos) >= 3 and len({c.seed for c in sc.cells}) >= 2
     assert sc.baseline == "adamw"
@@ -168,4 +168,4 @@ def test_shipped_default_scenario_is_valid():
 def test_good_scenario_loads(tmp_path):
     path = tmp_path / "g.toml"
     path.write_text(GOOD)
-    assert len(config.load(str(path)).cells) == 4
+    assert len(plan.load(str(path)).cells) == 4

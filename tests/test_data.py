@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchbed.data import (
+from benchbed.workloads.data import (
     DataError,
     MarkovCopySource,
     TextFileSource,

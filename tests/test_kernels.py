@@ -14,8 +14,10 @@ from benchbed.kernels import cross_entropy, flash_attention, norms, optimizer_st
 from benchbed.models.gpt import GPT, GPTConfig
 from benchbed.techniques import REGISTRY as TECHNIQUES
 from benchbed.techniques import TechniqueError, build_config
-from benchbed.train import Batch, RunSettings, TrainContext, default_loss
-from benchbed.workloads import WORKLOADS
+from benchbed.worker.context import RunSettings, TrainContext
+from benchbed.workloads import WORKLOADS, Batch
+
+default_loss = WORKLOADS["lm-tiny"].loss  # the language-model loss the fused kernels must equal
 
 
 # -- registry -------------------------------------------------------------------------------------
@@ -356,7 +358,8 @@ def test_kernels_bench_cli_bad_input(tmp_path, capsys):
 # -- the train loop with every hardware technique on the CPU -------------------------------------
 def _train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> tuple[dict, TrainContext]:
     from benchbed.telemetry import Telemetry
-    from benchbed.train import build, train
+    from benchbed.worker.assemble import build
+    from benchbed.worker.loop import train
 
     w = WORKLOADS["lm-tiny"]
     run = RunSettings(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchbed.techniques import REGISTRY, TechniqueError, build_config
-from benchbed.train import RunSettings
+from benchbed.worker.context import RunSettings
 
 
 def run_settings(batch_size: int, base_batch_size: int = 32) -> RunSettings:

@@ -13,7 +13,8 @@ from benchbed.techniques import REGISTRY, build_config
 from benchbed.techniques.compute.lamb import LAMBOptimizer
 from benchbed.techniques.compute.lars import LARSOptimizer
 from benchbed.techniques.compute.sam import sam_perturbation
-from benchbed.train import Batch, RunSettings, TrainContext, default_step
+from benchbed.worker.context import RunSettings, TrainContext, default_step
+from benchbed.workloads import Batch
 
 D = torch.float64
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchbed import config, store
-from benchbed.runner import _classify_crash, run_scenario
+from benchbed import plan
+from benchbed.results import store
+from benchbed.run.launchers import _classify_crash
+from benchbed.run.runner import run_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +65,7 @@ def test_sigkill_mid_matrix_then_rerun_keeps_every_cell_exactly_once(tiny_scenar
 
     def running_cells() -> str:
         return subprocess.run(
-            ["pgrep", "-f", f"benchbed.cell .* {out}$"], capture_output=True, text=True
+            ["pgrep", "-f", f"benchbed.worker .* {out}$"], capture_output=True, text=True
         ).stdout
 
     deadline = time.time() + 240
@@ -95,7 +97,7 @@ def test_crashing_cell_is_recorded_and_the_matrix_goes_on(tiny_scenario, tmp_pat
         "        sys.stderr.write('simulated out-of-memory kill\\n'); sys.stderr.flush()\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    sc = config.load(tiny_scenario(combos='["adamw"]'))
+    sc = plan.load(tiny_scenario(combos='["adamw"]'))
     out = run_scenario(
         sc, tmp_path / "crash", cell_env={"PYTHONPATH": str(hook)}, progress=False, log=lambda m: None
     )
@@ -118,7 +120,7 @@ def test_crashing_cell_is_recorded_and_the_matrix_goes_on(tiny_scenario, tmp_pat
 def test_timeout_and_bad_data_are_recorded(tiny_scenario, tmp_path):
     bad = tmp_path / "corrupt_000.bin"
     bad.write_bytes(b"\x00" * 2000)
-    sc = config.load(
+    sc = plan.load(
         tiny_scenario(
             combos='["adamw"]', seeds="[0]", extra=f'[data]\nkind = "shards"\npath = "{bad.name}"\n'
         )
@@ -127,7 +129,7 @@ def test_timeout_and_bad_data_are_recorded(tiny_scenario, tmp_path):
     (row,) = pd.read_parquet(out / "cells.parquet").to_dict("records")
     assert row["status"] == "error" and "header: magic is 0" in row["error"]
 
-    sc = config.load(tiny_scenario(combos='["adamw"]', seeds="[0]"))
+    sc = plan.load(tiny_scenario(combos='["adamw"]', seeds="[0]"))
     sc.cells[0] = type(sc.cells[0])(**{**sc.cells[0].__dict__, "timeout_s": 0.5})
     out = run_scenario(sc, tmp_path / "slow", progress=False, log=lambda m: None)
     (row,) = pd.read_parquet(out / "cells.parquet").to_dict("records")

@@ -9,7 +9,9 @@ import torch
 
 from benchbed.techniques import REGISTRY, build_config
 from benchbed.telemetry import Telemetry
-from benchbed.train import RunSettings, TrainContext, build, train
+from benchbed.worker.assemble import build
+from benchbed.worker.context import RunSettings, TrainContext
+from benchbed.worker.loop import train
 from benchbed.workloads import WORKLOADS
 
 CPU_TECHNIQUES = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -14,10 +15,12 @@ from benchbed.techniques.compute._masks import global_top_masks, prunable_weight
 from benchbed.techniques.compute.early_bird import mask_distance
 from benchbed.techniques.compute.layer_drop import keep_probability
 from benchbed.techniques.compute.snip import connection_sensitivity
-from benchbed.techniques.data.grad_norm_sampling import per_sequence_loss, unbiased_weighted_loss
+from benchbed.techniques.data.grad_norm_sampling import unbiased_weighted_loss
 from benchbed.techniques.memory.cpu_offload_optimizer import OffloadedAdamW
 from benchbed.techniques.memory.fp16_autocast import fp16_autocast_supported
-from benchbed.train import IGNORE_INDEX, Batch, RunSettings, TrainContext, build
+from benchbed.worker.assemble import build
+from benchbed.worker.context import RunSettings, TrainContext
+from benchbed.workloads import IGNORE_INDEX, Batch
 
 CFG = GPTConfig(vocab_size=13, seq_len=8, n_layer=2, n_head=2, d_model=16)
 
@@ -27,10 +30,10 @@ def make(name, options=None):
 
 
 def context(techniques, steps=10, batch_size=4):
-    from benchbed.workloads import WORKLOADS, Workload
+    from benchbed.workloads import WORKLOADS
 
     w = WORKLOADS["lm-tiny"]
-    workload = Workload(**{**{f: getattr(w, f) for f in w.__dataclass_fields__}, "model": CFG})
+    workload = dataclasses.replace(w, model=CFG)
     run = RunSettings(
         device=torch.device("cpu"), seed=0, batch_size=batch_size, base_batch_size=batch_size, seq_len=8, lr=1e-2,
         weight_decay=0.1, betas=(0.9, 0.95), warmup_frac=0.0, grad_clip=1.0, budget_tokens=None,
@@ -68,7 +71,7 @@ def test_snip_sensitivity_is_normalised_g_times_w():
 def test_snip_prunes_at_the_first_step_and_keeps_pruned_weights_at_zero():
     snip = make("snip", {"keep_frac": 0.3})
     ctx = context([snip])
-    from benchbed.train import compose_step
+    from benchbed.worker.context import compose_step
 
     step = compose_step(ctx)
     for i in range(3):
@@ -116,7 +119,7 @@ def test_layer_drop_restores_every_block_for_evaluation():
     drop = make("layer_drop", {"gamma_per_budget": 1e6})
     ctx = context([drop])
     ctx.step = 5
-    from benchbed.train import compose_step
+    from benchbed.worker.context import compose_step
 
     compose_step(ctx)(batch(), 5)
     assert all("forward" not in b.__dict__ for b in ctx.model.blocks)
@@ -158,7 +161,7 @@ def test_importance_sampling_weights_are_one_over_n_p_and_unbiased():
     assert ctx.run.batch_size == 12 and sampler.train_batch_size == 3
     pool = batch(n=12)
     with torch.no_grad():
-        scores = per_sequence_loss(ctx.model, pool)
+        scores = ctx.workload.per_sequence_loss(ctx.model, pool)
     chosen = sampler.select_batch(pool, ctx)
     assert chosen.inputs.shape == (3, 8)
     probs = scores / scores.sum()
@@ -168,7 +171,7 @@ def test_importance_sampling_weights_are_one_over_n_p_and_unbiased():
         assert float(weight) == pytest.approx(1.0 / (12 * float(probs[i])), rel=1e-5)
     # unbiasedness: the expectation over the sampling distribution equals the pool mean loss
     assert float((probs * (1.0 / (12 * probs)) * scores).sum()) == pytest.approx(float(scores.mean()))
-    assert ctx.loss_fn is unbiased_weighted_loss
+    assert ctx.loss_fn.func is unbiased_weighted_loss
 
 
 # -- memory ------------------------------------------------------------------------------------------
@@ -238,7 +241,7 @@ def test_data_parallel_wraps_in_ddp_in_a_one_process_group(monkeypatch):
     try:
         ctx = context([ddp])
         assert isinstance(ctx.model, DistributedDataParallel) and ctx.run.world_size == 1
-        from benchbed.train import compose_step
+        from benchbed.worker.context import compose_step
 
         before = [p.detach().clone() for p in ctx.model.parameters()]
         loss = compose_step(ctx)(batch(), 0)

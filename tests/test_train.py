@@ -7,15 +7,17 @@ import math
 import pytest
 import torch
 
-from benchbed import config
-from benchbed.cell import train_cell
+from benchbed import plan
 from benchbed.techniques import REGISTRY
-from benchbed.train import Batch, RunSettings, TrainContext, build, train
-from benchbed.workloads import WORKLOADS
+from benchbed.worker.assemble import build
+from benchbed.worker.cell import train_cell
+from benchbed.worker.context import RunSettings, TrainContext
+from benchbed.worker.loop import train
+from benchbed.workloads import WORKLOADS, Batch
 
 
 def spec_for(tiny_scenario, **overrides):
-    sc = config.load(tiny_scenario(**overrides))
+    sc = plan.load(tiny_scenario(**overrides))
     return sc.cells[0].to_spec()
 
 

@@ -13,31 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, check_optimizer_options, register
-
-
-def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    """Split parameters into a decayed group (matrices) and a non-decayed one (vectors, scalars)."""
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-def resolve_hyperparameters(config, run, default_betas=None) -> tuple[float, tuple[float, float], float]:
-    """(lr, betas, weight_decay): each option the config leaves as None comes from the run (or
-    `default_betas`), so a scenario overrides only what it names."""
-    betas = default_betas if default_betas is not None else run.betas
-    return (
-        config.lr if config.lr is not None else run.lr,
-        (
-            config.beta1 if config.beta1 is not None else betas[0],
-            config.beta2 if config.beta2 is not None else betas[1],
-        ),
-        config.weight_decay if config.weight_decay is not None else run.weight_decay,
-    )
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
 
 
 @dataclass(frozen=True)
@@ -64,6 +41,8 @@ class AdamW(Technique):
 
     def build_optimizer(self, params, ctx):
         c = self.config
-        lr, betas, wd = resolve_hyperparameters(c, ctx.run)
+        h = resolve_hyperparameters(c, ctx.run)
         fast = {"fused": True} if ctx.device.type == "cuda" else {"foreach": True}
-        return torch.optim.AdamW(decay_groups(params, wd), lr=lr, betas=betas, eps=c.eps, **fast)
+        return torch.optim.AdamW(
+            decay_groups(params, h.weight_decay), lr=h.lr, betas=h.betas, eps=c.eps, **fast
+        )

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, check_optimizer_options, register
-from benchbed.techniques.compute.adamw import decay_groups, resolve_hyperparameters
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
 
 
 class LAMBOptimizer(torch.optim.Optimizer):
@@ -88,8 +88,8 @@ class LAMB(Technique):
 
     def build_optimizer(self, params, ctx):
         c = self.config
-        lr, betas, wd = resolve_hyperparameters(c, ctx.run)
-        groups = decay_groups(params, wd)
+        h = resolve_hyperparameters(c, ctx.run)
+        groups = decay_groups(params, h.weight_decay)
         for group in groups:
             group["adapt"] = all(p.dim() >= 2 for p in group["params"])
-        return LAMBOptimizer(groups, lr=lr, betas=betas, eps=c.eps, weight_decay=wd)
+        return LAMBOptimizer(groups, lr=h.lr, betas=h.betas, eps=c.eps, weight_decay=h.weight_decay)

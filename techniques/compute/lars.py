@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, check_optimizer_options, register
-from benchbed.techniques.compute.adamw import decay_groups
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
 
 
 class LARSOptimizer(torch.optim.Optimizer):
@@ -95,8 +95,8 @@ class LARS(Technique):
 
     def build_optimizer(self, params, ctx):
         c = self.config
-        groups = decay_groups(params, c.weight_decay)
+        h = resolve_hyperparameters(c, ctx.run, lr_ratio=c.lr_ratio)
+        groups = decay_groups(params, h.weight_decay)
         for group in groups:
             group["adapt"] = all(p.dim() >= 2 for p in group["params"])
-        lr = c.lr if c.lr is not None else c.lr_ratio * ctx.run.lr
-        return LARSOptimizer(groups, lr=lr, momentum=c.momentum, trust_coefficient=c.trust_coefficient)
+        return LARSOptimizer(groups, lr=h.lr, momentum=c.momentum, trust_coefficient=c.trust_coefficient)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, check_optimizer_options, register
-from benchbed.techniques.compute.adamw import decay_groups
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
 
 
 class LionOptimizer(torch.optim.Optimizer):
@@ -74,7 +74,8 @@ class Lion(Technique):
     provides_optimizer = True
 
     def build_optimizer(self, params, ctx):
-        c, run = self.config, ctx.run
-        lr = c.lr if c.lr is not None else c.lr_ratio * run.lr
-        wd = c.weight_decay if c.weight_decay is not None else run.weight_decay / c.lr_ratio
-        return LionOptimizer(decay_groups(params, wd), lr=lr, betas=(c.beta1, c.beta2), weight_decay=wd)
+        c = self.config
+        h = resolve_hyperparameters(c, ctx.run, lr_ratio=c.lr_ratio, decay_over_ratio=True)
+        return LionOptimizer(
+            decay_groups(params, h.weight_decay), lr=h.lr, betas=h.betas, weight_decay=h.weight_decay
+        )

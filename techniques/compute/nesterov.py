@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, check_optimizer_options, register
-from benchbed.techniques.compute.adamw import decay_groups
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class Nesterov(Technique):
 
     def build_optimizer(self, params, ctx):
         c = self.config
-        lr = c.lr if c.lr is not None else c.lr_ratio * ctx.run.lr
+        h = resolve_hyperparameters(c, ctx.run, lr_ratio=c.lr_ratio)
         fast = {} if ctx.device.type == "cuda" else {"foreach": True}
         return torch.optim.SGD(
-            decay_groups(params, c.weight_decay), lr=lr, momentum=c.momentum, nesterov=True, **fast
+            decay_groups(params, h.weight_decay), lr=h.lr, momentum=c.momentum, nesterov=True, **fast
         )

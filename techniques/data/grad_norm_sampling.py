@@ -18,17 +18,19 @@ loaded (pool) batch size, so with a token budget this cell takes ``pool_factor``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from benchbed.techniques.base import Technique, TechniqueError, register
-from benchbed.train import Batch, per_sequence_loss
+from benchbed.workloads import Batch
 
 
-def unbiased_weighted_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """mean_i w_i * loss_i with w_i = 1 / (N p_i): unbiased for the pool mean (not self-normalised)."""
+def unbiased_weighted_loss(per_sequence_loss, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """mean_i w_i * loss_i with w_i = 1 / (N p_i): unbiased for the pool mean (not self-normalised).
+    `per_sequence_loss(model, batch)` is the workload's per-sequence loss."""
     if batch.weights is None:
         return per_sequence_loss(model, batch).mean()
     return (per_sequence_loss(model, batch) * batch.weights).mean()
@@ -75,7 +77,7 @@ class GradNormSampling(Technique):
         run.extra["importance_sampling_pool"] = run.batch_size
 
     def build_model(self, model, ctx):
-        ctx.loss_fn = unbiased_weighted_loss
+        ctx.loss_fn = functools.partial(unbiased_weighted_loss, ctx.workload.per_sequence_loss)
         self.generator = torch.Generator(device=ctx.device)
         self.generator.manual_seed(ctx.run.seed + 2)
         return model
@@ -83,7 +85,7 @@ class GradNormSampling(Technique):
     @torch.no_grad()
     def select_batch(self, batch, ctx):
         with ctx.autocast():
-            scores = per_sequence_loss(ctx.model, batch).float()
+            scores = ctx.workload.per_sequence_loss(ctx.model, batch).float()
         n = scores.numel()
         probs = scores.clamp_min(1e-12) / scores.clamp_min(1e-12).sum()
         chosen = torch.multinomial(probs, self.train_batch_size, replacement=True, generator=self.generator)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from benchbed.techniques.base import Technique, register
-from benchbed.train import IGNORE_INDEX, Batch
+from benchbed.workloads import IGNORE_INDEX, Batch
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,11 @@ import torch
 
 from benchbed.techniques.base import Technique, register
 from benchbed.techniques.hardware import check_backend, use_kernel
-
-IGNORE_INDEX = -100  # benchbed.train.IGNORE_INDEX
+from benchbed.workloads import IGNORE_INDEX
 
 
 def token_coefficients(targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-token loss coefficients reproducing benchbed.train.default_loss with per-sequence weights:
+    """Per-token loss coefficients reproducing the language-model workload loss with per-sequence weights:
     each sequence's mean over its non-ignored tokens, weighted by w_b / sum(w). None: plain mean."""
     if weights is None:
         return None

@@ -16,10 +16,10 @@ Without CUDA ``auto`` runs the PyTorch reference step on the same flat buffers a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from benchbed.techniques.base import Technique, check_optimizer_options, register
-from benchbed.techniques.compute.adamw import decay_groups, resolve_hyperparameters
+from benchbed.techniques.base import Technique, register
+from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
 from benchbed.techniques.hardware import check_backend, use_kernel
 
 ALGORITHMS = ("adamw", "lion")
@@ -60,18 +60,19 @@ class FusedOptimizer(Technique):
         c, run = self.config, ctx.run
         step_fn = use_kernel(ctx, self.name, f"{c.algorithm}_step", c.backend)
         if c.algorithm == "adamw":
-            lr, betas, wd = resolve_hyperparameters(c, run)
+            h = resolve_hyperparameters(c, run)
         else:  # Lion: its own betas, lr scaled down and weight decay up by lr_ratio (same lr * wd)
-            scaled = replace(run, lr=c.lr_ratio * run.lr, weight_decay=run.weight_decay / c.lr_ratio)
-            lr, betas, wd = resolve_hyperparameters(c, scaled, default_betas=(0.9, 0.99))
+            h = resolve_hyperparameters(
+                c, run, lr_ratio=c.lr_ratio, decay_over_ratio=True, default_betas=(0.9, 0.99)
+            )
         from benchbed.kernels.optimizer_steps import FusedStepOptimizer  # imports triton: only when used
 
         return FusedStepOptimizer(
-            decay_groups(params, wd),
+            decay_groups(params, h.weight_decay),
             algorithm=c.algorithm,
             step_fn=step_fn,
-            lr=lr,
-            betas=betas,
+            lr=h.lr,
+            betas=h.betas,
             eps=c.eps,
-            weight_decay=wd,
+            weight_decay=h.weight_decay,
         )

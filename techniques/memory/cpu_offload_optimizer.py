@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from benchbed.techniques.base import Technique, TechniqueError, register
-from benchbed.techniques.compute.adamw import decay_groups
+from benchbed.techniques.compute._optim import decay_groups, resolve_hyperparameters
 
 
 class OffloadedAdamW(torch.optim.AdamW):
@@ -95,7 +95,7 @@ class CPUOffloadOptimizer(Technique):
             )
 
     def build_optimizer(self, params, ctx):
-        run = ctx.run
+        h = resolve_hyperparameters(self.config, ctx.run)
         return OffloadedAdamW(
-            decay_groups(params, run.weight_decay), lr=run.lr, betas=run.betas, eps=self.config.eps
+            decay_groups(params, h.weight_decay), lr=h.lr, betas=h.betas, eps=self.config.eps
         )

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from benchbed import SCHEMA_VERSION
+from benchbed.results.schema import CURVE_COLUMN_NAMES, TELEMETRY_COLUMN_NAMES
 
 CELLS = "cells.parquet"
 CURVES = "curves.parquet"
@@ -26,9 +27,6 @@ TELEMETRY = "telemetry.parquet"
 RUN_JSON = "run.json"
 PARTS = "parts"
 
-CURVE_COLUMNS = ["cell_id", "step", "tokens", "train_time_s", "energy_j", "train_loss", "val_loss"]
-DONE_STATUSES = ("reached", "budget_exhausted", "diverged")  # a rerun would give the same outcome
-FAILED_STATUSES = ("oom", "error", "timeout")
 
 
 class StoreError(ValueError):
@@ -140,7 +138,7 @@ def consolidate(out_dir: Path, tables: tuple[str, ...] = (CELLS, CURVES, TELEMET
     cells = _rows_frame(list(rows.values())) if rows else pd.DataFrame({"cell_id": pd.Series(dtype=str)})
     if CELLS in tables:
         atomic_write_parquet(out_dir / CELLS, cells)
-    for name, empty_cols in ((CURVES, CURVE_COLUMNS), (TELEMETRY, ["cell_id", "t_s"])):
+    for name, empty_cols in ((CURVES, CURVE_COLUMN_NAMES), (TELEMETRY, TELEMETRY_COLUMN_NAMES)):
         if name not in tables:
             continue
         frames = [
@@ -227,7 +225,7 @@ def load(*dirs: str | os.PathLike) -> Results:
 
     return Results(
         cells=cat(cells, ["cell_id"]),
-        curves=cat(curves, CURVE_COLUMNS),
-        telemetry=cat(telemetry, ["cell_id", "t_s"]),
+        curves=cat(curves, CURVE_COLUMN_NAMES),
+        telemetry=cat(telemetry, TELEMETRY_COLUMN_NAMES),
         runs=pd.DataFrame(runs),
     )

@@ -1,0 +1,271 @@
+"""Scenario files (TOML) -> a `ScenarioSpec` whose every field is checked (matrix.py expands it).
+
+Every mistake in a scenario is reported as one line ``FILE: field: what is wrong`` (a
+`ScenarioError`) before anything runs; unknown names come with the closest known name.
+
+    name = "quick"                  # optional; defaults to the file name
+    workload = "lm-tiny"            # or a list: a matrix axis
+    device = "auto"                 # cpu | cuda | auto
+    seeds = [0, 1]
+    repeats = 1                     # runs of each (config, seed); > 1 for noisy-metric statistics
+    baseline = "adamw"              # the combination speedups are measured against
+    target_loss = 0.70              # optional; the workload's otherwise
+    stop_at_target = true
+    timeout_s = 600                 # per cell
+    eval_every_tokens = 129024      # optional; the workload's otherwise
+
+    [budget]                        # any of tokens / steps / seconds; the workload's otherwise
+    tokens = 2_000_000
+
+    [data]                          # optional: local data instead of the synthetic corpus
+    kind = "text"                   # text | shards
+    path = "corpus/*.txt"           # relative to the scenario file
+
+    [matrix]                        # the product of the listed axes
+    techniques = ["adamw", "adamw+bf16_autocast", ["activation_checkpointing"]]
+    batch_size = [32, 64]
+    lr = [3e-3, 1e-2]
+    "lion.lr" = [1e-4, 3e-4]        # a technique option as an axis (cells that use lion)
+
+    [techniques.lion]               # fixed options of a technique
+    beta2 = 0.98
+
+    [[include]]                     # extra cells (fields: techniques, seed, batch_size, lr, workload)
+    [[exclude]]                     # drop cells matching every given field
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import tomllib
+
+from benchbed.workloads import WORKLOADS
+from benchbed.workloads.data import KINDS
+
+DEVICES = ("cpu", "cuda", "auto")
+TOP_LEVEL_KEYS = {
+    "name",
+    "description",
+    "workload",
+    "device",
+    "seeds",
+    "repeats",
+    "baseline",
+    "target_loss",
+    "stop_at_target",
+    "timeout_s",
+    "eval_every_tokens",
+    "budget",
+    "data",
+    "matrix",
+    "techniques",
+    "include",
+    "exclude",
+}
+BUDGET_KEYS = {"tokens", "steps", "seconds"}
+DATA_KEYS = {"kind", "path"}
+SELECT_KEYS = {"techniques", "seed", "batch_size", "lr", "workload"}
+
+
+class ScenarioError(ValueError):
+    """A bad scenario: str(error) is the one line `FILE: field: what is wrong`."""
+
+
+def suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def default_scenario_path() -> str:
+    return str(importlib.resources.files("benchbed.scenarios") / "quick.toml")
+
+
+def resolve_scenario_path(name: str | None) -> str:
+    """A path, or the name of a scenario shipped with benchbed (`quick`, `optimizers`, ...)."""
+    if name is None:
+        return default_scenario_path()
+    if os.path.exists(name):
+        return name
+    shipped = importlib.resources.files("benchbed.scenarios") / (
+        name if name.endswith(".toml") else name + ".toml"
+    )
+    if shipped.is_file():
+        return str(shipped)
+    return name  # load() reports it missing
+
+
+class _Checker:
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, field_name: str, message: str) -> ScenarioError:
+        return ScenarioError(f"{self.path}: {field_name}: {message}")
+
+    def typed(self, value, types, field_name, what):
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise self.fail(field_name, f"expected {what}, got {value!r}")
+        if not isinstance(value, types):
+            raise self.fail(field_name, f"expected {what}, got {type(value).__name__} {value!r}")
+        return value
+
+    def positive(self, value, field_name, integer=False):
+        kinds = int if integer else (int, float)
+        self.typed(value, kinds, field_name, "an integer" if integer else "a number")
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise self.fail(field_name, f"must be positive, got {value!r}")
+        return value
+
+    def list_of(self, value, field_name, check):
+        if not isinstance(value, list):
+            value = [value]
+        if not value:
+            raise self.fail(field_name, "empty list: the matrix would have no cells")
+        return [check(v, f"{field_name}[{i}]") for i, v in enumerate(value)]
+
+    def workload_name(self, value, field_name):
+        self.typed(value, str, field_name, "a workload name")
+        if value not in WORKLOADS:
+            raise self.fail(field_name, f"unknown workload '{value}'{suggest(value, WORKLOADS)}")
+        return value
+
+
+@dataclass
+class ScenarioSpec:
+    """A scenario file read and checked field by field; `matrix.expand` turns it into cells."""
+
+    path: str
+    text: str
+    raw: dict[str, Any]  # the parsed TOML (for the tables matrix.py checks itself)
+    name: str
+    description: str
+    device: str
+    seeds: list[int]
+    repeats: int
+    stop_at_target: bool
+    timeout_s: float
+    workloads: list[str]
+    budget_tokens: int | None
+    budget_steps: int | None
+    budget_seconds: float | None
+    target_loss: float | None
+    eval_every_tokens: int | None
+    data: dict[str, Any]
+    matrix: dict[str, Any]
+    base_dir: str
+
+    def checker(self) -> _Checker:
+        return _Checker(self.path)
+
+
+def read(path: str, device_override: str | None = None, repeats_override: int | None = None) -> ScenarioSpec:
+    """Read a scenario file and check its top-level fields. Raises ScenarioError."""
+    ck = _Checker(path)
+    try:
+        with open(path, "rb") as f:
+            raw_bytes = f.read()
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: file: not found") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: file: {exc.strerror}") from None
+    text = raw_bytes.decode("utf-8", errors="replace")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: toml: {exc}") from None
+
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ck.fail(key, f"unknown key{suggest(key, TOP_LEVEL_KEYS)}")
+
+    name = ck.typed(raw.get("name", os.path.splitext(os.path.basename(path))[0]), str, "name", "a string")
+    description = ck.typed(raw.get("description", ""), str, "description", "a string")
+    device = device_override or ck.typed(raw.get("device", "auto"), str, "device", "a string")
+    if device not in DEVICES:
+        raise ck.fail("device", f"unknown device '{device}' (cpu, cuda, auto){suggest(device, DEVICES)}")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def int_check(v, f):
+        ck.typed(v, int, f, "an integer")
+        if v < 0:
+            raise ck.fail(f, f"must be >= 0, got {v}")
+        return v
+
+    seeds = ck.list_of(raw.get("seeds", [0]), "seeds", int_check)
+    if len(set(seeds)) != len(seeds):
+        raise ck.fail("seeds", f"seed listed twice in {seeds}")
+    repeats = ck.positive(raw.get("repeats", 1), "repeats", integer=True)
+    if repeats_override is not None:
+        repeats = ck.positive(repeats_override, "--repeat", integer=True)
+    stop_at_target = ck.typed(raw.get("stop_at_target", True), bool, "stop_at_target", "true or false")
+    timeout_s = ck.positive(raw.get("timeout_s", 1800), "timeout_s")
+
+    matrix = raw.get("matrix", {})
+    ck.typed(matrix, dict, "matrix", "a table")
+
+    if "workload" in raw and "workload" in matrix:
+        raise ck.fail("matrix.workload", "workload given both at top level and as a matrix axis")
+    workloads = ck.list_of(
+        matrix.get("workload", raw.get("workload", "lm-tiny")), "workload", ck.workload_name
+    )
+
+    budget = raw.get("budget", {})
+    ck.typed(budget, dict, "budget", "a table")
+    for key in budget:
+        if key not in BUDGET_KEYS:
+            raise ck.fail(f"budget.{key}", f"unknown key{suggest(key, BUDGET_KEYS)} (tokens, steps, seconds)")
+    if "budget" in raw and not budget:
+        raise ck.fail("budget", "empty table: give tokens, steps and/or seconds")
+    b_tokens = ck.positive(budget["tokens"], "budget.tokens", integer=True) if "tokens" in budget else None
+    b_steps = ck.positive(budget["steps"], "budget.steps", integer=True) if "steps" in budget else None
+    b_seconds = ck.positive(budget["seconds"], "budget.seconds") if "seconds" in budget else None
+
+    target = raw.get("target_loss")
+    if target is not None:
+        ck.positive(target, "target_loss")
+    eval_every = raw.get("eval_every_tokens")
+    if eval_every is not None:
+        ck.positive(eval_every, "eval_every_tokens", integer=True)
+
+    data = raw.get("data", {})
+    ck.typed(data, dict, "data", "a table")
+    for key in data:
+        if key not in DATA_KEYS:
+            raise ck.fail(f"data.{key}", f"unknown key{suggest(key, DATA_KEYS)} (kind, path)")
+    if data:
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise ck.fail("data.kind", f"expected synthetic, text or shards, got {kind!r}")
+        if kind != "synthetic":
+            p = data.get("path")
+            if not isinstance(p, str) or not p:
+                raise ck.fail("data.path", "a file or glob pattern is required")
+    return ScenarioSpec(
+        path=path,
+        text=text,
+        raw=raw,
+        name=name,
+        description=description,
+        device=device,
+        seeds=seeds,
+        repeats=repeats,
+        stop_at_target=stop_at_target,
+        timeout_s=float(timeout_s),
+        workloads=workloads,
+        budget_tokens=b_tokens,
+        budget_steps=b_steps,
+        budget_seconds=b_seconds,
+        target_loss=float(target) if target is not None else None,
+        eval_every_tokens=int(eval_every) if eval_every is not None else None,
+        data=data,
+        matrix=matrix,
+        base_dir=os.path.dirname(os.path.abspath(path)),
+    )

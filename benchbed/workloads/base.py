@@ -1,0 +1,113 @@
+"""The Workload interface (AlgoPerf's `Workload`, smaller): what is trained, on what, to which target.
+
+A workload owns its model factory, its data (train and validation streams), its training loss, its
+evaluation (the metric the target is on), its target and default budget, and its FLOPs accounting.
+The train loop calls these methods and never names a model family. Adding a workload is one file in
+``benchbed/workloads/`` that builds instances and passes them to `register` (see ``_template.py``).
+
+Defaults a workload states (batch size, learning rate, weight decay, warm-up, clipping, betas) are
+the baseline optimizer's: a scenario overrides them per cell.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchbed.workloads.batch import IGNORE_INDEX, Batch
+from benchbed.workloads.data.base import DataError, DataSource
+
+#: name -> Workload; filled by `register` when benchbed.workloads imports its modules
+WORKLOADS: dict[str, Workload] = {}
+
+
+def register(workload: Workload) -> Workload:
+    if workload.name in WORKLOADS and WORKLOADS[workload.name] is not workload:
+        raise RuntimeError(f"workload name '{workload.name}' registered twice")
+    WORKLOADS[workload.name] = workload
+    return workload
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """Base class: the stated settings, and the hooks a workload overrides."""
+
+    name: str
+    description: str
+    make_data: Callable[[], DataSource] = field(repr=False, compare=False)
+    data_label: str
+    batch_size: int  # sequences (examples) per step
+    lr: float  # peak learning rate of the baseline optimizer at `batch_size`
+    weight_decay: float
+    warmup_frac: float  # warm-up as a fraction of the budget, then decay to zero at its end
+    budget_tokens: int  # the default budget, in tokens (target positions) trained on
+    target_loss: float  # the target on `evaluate`'s metric
+    eval_every_tokens: int
+    val_sequences: int
+    grad_clip: float | None = 1.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    family: str = ""  # the model family ("gpt", ...): techniques that edit a model check it
+
+    # -- what a subclass provides -------------------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        """Target positions per example (the token unit of the budget)."""
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def per_sequence_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The loss of each example, [B] (importance sampling scores and reweights these)."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The training loss: the mean over examples; with per-example weights their
+        self-normalised weighted mean."""
+        per_example = self.per_sequence_loss(model, batch)
+        if batch.weights is None:
+            return per_example.mean()
+        return (per_example * batch.weights).sum() / batch.weights.sum()
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        val_batches: list[tuple[torch.Tensor, torch.Tensor]],
+        device: torch.device,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> float:
+        """The metric the target is on: mean validation loss per target position."""
+        was_training = model.training
+        model.eval()
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+        for inputs, targets in val_batches:
+            b = Batch(inputs, targets).to(device)
+            n = int((targets != IGNORE_INDEX).sum()) if targets.dtype == torch.long else targets.numel()
+            with autocast():
+                loss = self.loss(model, b)
+            total += loss.double() * n
+            count += n
+        model.train(was_training)
+        return float(total / max(count, 1))
+
+    def flops_per_token(self, model: nn.Module) -> float:
+        """Training FLOPs per token by the workload's formula; NaN where it has none."""
+        return math.nan
+
+    def describe_model(self) -> str:
+        return type(self).__name__
+
+    def with_data(self, data: dict[str, Any], base_dir: str) -> Workload:
+        """The workload on local data from a scenario's [data] table; only the synthetic default
+        unless the workload overrides this."""
+        kind = data.get("kind", "synthetic")
+        if kind != "synthetic":
+            raise DataError(f"data.kind: workload '{self.name}' reads only its own generated data")
+        return self
