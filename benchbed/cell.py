@@ -116,7 +116,7 @@ def failure_row(spec: dict, status: str, error: str) -> dict:
 
 def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Run one cell in this process: (cells row, curves frame, telemetry frame)."""
-    from benchbed.telemetry import Telemetry
+    from benchbed.measure.telemetry import Telemetry
 
     wall0 = time.perf_counter()
     started = now_iso()

@@ -173,7 +173,7 @@ def cmd_env(args) -> int:
 
     import torch
 
-    from benchbed.telemetry import describe_environment
+    from benchbed.measure.machine import describe_environment
 
     print(
         f"python {platform.python_version()}  torch {torch.__version__}  cpu threads {torch.get_num_threads()}"

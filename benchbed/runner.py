@@ -53,7 +53,7 @@ def environment() -> dict:
     except ImportError:
         env["triton"] = None
     try:
-        from benchbed.telemetry import machine_info
+        from benchbed.measure.machine import machine_info
 
         env["machine"] = machine_info()
     except Exception as exc:  # telemetry must never stop a run
@@ -211,7 +211,7 @@ def _idle_power(cells: list[Cell], seconds: float = 5.0) -> dict:
     try:
         import torch
 
-        from benchbed.telemetry import measure_idle_power
+        from benchbed.measure.idle import measure_idle_power
 
         return measure_idle_power(seconds, torch.device("cuda", 0))
     except Exception as exc:  # telemetry must never stop a run

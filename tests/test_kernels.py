@@ -355,7 +355,7 @@ def test_kernels_bench_cli_bad_input(tmp_path, capsys):
 
 # -- the train loop with every hardware technique on the CPU -------------------------------------
 def _train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> tuple[dict, TrainContext]:
-    from benchbed.telemetry import Telemetry
+    from benchbed.measure.telemetry import Telemetry
     from benchbed.train import build, train
 
     w = WORKLOADS["lm-tiny"]

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from benchbed.measure.telemetry import Telemetry
 from benchbed.techniques import REGISTRY, build_config
-from benchbed.telemetry import Telemetry
 from benchbed.train import RunSettings, TrainContext, build, train
 from benchbed.workloads import WORKLOADS
 
