@@ -26,13 +26,13 @@ import torch
 from benchbed import store
 from benchbed.config import Cell
 from benchbed.data import DataError
+from benchbed.measure.flops import mfu
 from benchbed.techniques import REGISTRY, build_config
 from benchbed.train import (
     RunSettings,
     TrainContext,
     build,
     default_device,
-    peak_flops,
     seed_everything,
     train,
 )
@@ -203,7 +203,7 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         params=params,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         flops_per_token=flops_per_token,
-        mfu=flops_per_token * row.get("tokens_per_s", math.nan) / peak_flops(device),
+        mfu=mfu(flops_per_token, row.get("tokens_per_s", math.nan), device),
         wall_time_s=time.perf_counter() - wall0,
         finished_at=now_iso(),
         run_extra=json.dumps(run.extra, default=str),

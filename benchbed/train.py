@@ -380,25 +380,6 @@ def train(
     return result
 
 
-PEAK_FLOPS_BF16 = {  # dense tensor-core peaks, for MFU; unknown devices give NaN
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "A10": 125e12,
-}
-
-
-def peak_flops(device: torch.device) -> float:
-    if device.type != "cuda":
-        return math.nan
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_FLOPS_BF16.items():
-        if key in name:
-            return value
-    return math.nan
-
-
 def default_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
