@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchbed.telemetry import Telemetry
+from benchbed.measure.telemetry import Telemetry
 
 TICKS_FOR_COST = 2000
 

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchbed.telemetry import Telemetry, describe_environment, machine_info, measure_idle_power
+from benchbed.measure.idle import measure_idle_power
+from benchbed.measure.machine import describe_environment, machine_info
+from benchbed.measure.telemetry import Telemetry
 
 
 def matmul_load(device: torch.device, size: int):

@@ -357,7 +357,7 @@ def test_kernels_bench_cli_bad_input(tmp_path, capsys):
 
 # -- the train loop with every hardware technique on the CPU -------------------------------------
 def _train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> tuple[dict, TrainContext]:
-    from benchbed.telemetry import Telemetry
+    from benchbed.measure.telemetry import Telemetry
     from benchbed.worker.assemble import build
     from benchbed.worker.loop import train
 

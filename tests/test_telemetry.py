@@ -13,17 +13,11 @@ import torch
 from fakes.nvml import FakeClock, FakeCudaMemory, FakeGpu, FakeNvml
 from fakes.traces import constant_power, counter_steps_every_100ms, power_step
 
-from benchbed import telemetry
-from benchbed.telemetry import (
-    Telemetry,
-    WrappingCounter,
-    describe_environment,
-    find_rapl_domains,
-    machine_info,
-    measure_idle_power,
-    next_tick_index,
-    trapezoid_j,
-)
+from benchbed.measure.energy import ENERGY_SOURCES, trapezoid_j
+from benchbed.measure.idle import measure_idle_power
+from benchbed.measure.machine import describe_environment, machine_info
+from benchbed.measure.sensors.host import WrappingCounter, find_rapl_domains
+from benchbed.measure.telemetry import Telemetry, next_tick_index
 
 GIB = 2**30
 
@@ -514,6 +508,6 @@ def test_summary_columns_are_those_cells_parquet_expects():
         "sensor_errors",
     }
     assert expected <= set(summary)
-    assert summary["energy_source"] in telemetry.ENERGY_SOURCES
+    assert summary["energy_source"] in ENERGY_SOURCES
     assert isinstance(pd.DataFrame([summary]), pd.DataFrame)
     assert tel.stop() is summary  # idempotent

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from benchbed.telemetry import Telemetry, describe_environment, machine_info
+from benchbed.measure.machine import describe_environment, machine_info
+from benchbed.measure.telemetry import Telemetry
 
 pytestmark = [
     pytest.mark.gpu,

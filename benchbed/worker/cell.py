@@ -17,7 +17,7 @@ import traceback
 import pandas as pd
 import torch
 
-from benchbed.measure.flops import peak_flops
+from benchbed.measure.flops import mfu
 from benchbed.measure.telemetry import Telemetry
 from benchbed.plan import Cell
 from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
@@ -134,7 +134,7 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         flops_per_token=flops_per_token,
-        mfu=flops_per_token * row["tokens_per_s"] / peak_flops(device),
+        mfu=mfu(flops_per_token, row["tokens_per_s"], device),
         wall_time_s=time.perf_counter() - wall0,
         finished_at=now_iso(),
         run_extra=json.dumps(run.extra, default=str),

@@ -1,6 +1,6 @@
 """A stand-in for the ``pynvml`` module driven by device traces and an injectable clock.
 
-Only the functions benchbed.telemetry calls are defined; constants and the NVMLError classes come
+Only the functions benchbed.measure calls are defined; constants and the NVMLError classes come
 from the real pynvml, so error class names (``NVMLError_NotSupported``, ``NVMLError_GpuIsLost``) are
 exactly what the library raises. Every call is counted so tests can assert that an unsupported call
 is made once (the probe) and never again in the sampling loop.
