@@ -65,14 +65,17 @@ class TrainContext:
     """What hooks see: the run settings, the model and optimizer, and step primitives that
     techniques compose (SAM calls `forward_backward` twice, then `optimizer_step`)."""
 
-    def __init__(self, run: RunSettings, workload: Workload, techniques: list[Technique]):
+    def __init__(self, run: RunSettings, workload: Workload | None, techniques: list[Technique]):
         self.run = run
         self.workload = workload
         self.techniques = techniques
         self.device = run.device
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = workload.loss
+        # the workload's loss unless a technique replaces it (tests may pass workload=None and set it)
+        self.loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = (
+            workload.loss if workload is not None else None
+        )
         self.scaler: torch.amp.GradScaler | None = None
         self.step = 0
         self.tokens = 0
