@@ -2,8 +2,9 @@
 
 Started by `benchbed dashboard DIR...`, which runs `streamlit run` on this file with the environment
 variable BENCHBED_RESULTS holding the results directories (separated by `os.pathsep`). The app only
-reads those directories. Rankings, confidence intervals and gate verdicts come from `benchbed.stats`
-and `benchbed.gate`; the figures come from `benchbed.figures`, shared with `benchbed report`.
+reads those directories. Rankings, confidence intervals and gate verdicts come from `benchbed.analyse`
+(through `benchbed.present.display`); the figures come from `benchbed.present.figures`, shared with
+`benchbed report`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from benchbed import figures, report
+from benchbed.present import display, figures
 
 VIEWS = ("Leaderboard", "Curves", "Pareto", "Telemetry", "Compare", "Kernels")
 
-#: what the user picks -> rank_by passed to benchbed.stats.leaderboard
+#: what the user picks -> rank_by passed to benchbed.analyse.tables.leaderboard
 RANKINGS = {
     "time to target": "time_to_target_s",
     "energy to target": "energy_to_target_j",
@@ -61,19 +62,19 @@ def files_stamp(dirs: tuple[str, ...]) -> tuple:
 # cache_resource, not cache_data: the frames are only read, and copying a million telemetry rows
 # out of the cache on every interaction would cost more than the page itself.
 @st.cache_resource(show_spinner="Reading results…", max_entries=4)
-def load(dirs: tuple[str, ...], stamp: tuple) -> report.DisplayResults:
-    return report.load_for_display(list(dirs))
+def load(dirs: tuple[str, ...], stamp: tuple) -> display.DisplayResults:
+    return display.load_for_display(list(dirs))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def category_options(techniques: tuple[str, ...]) -> dict[str, list[str]]:
-    return {t: report.technique_categories(t) for t in techniques}
+    return {t: display.technique_categories(t) for t in techniques}
 
 
 @st.cache_data(show_spinner="Ranking…", max_entries=32)
 def cached_leaderboard(dirs: tuple[str, ...], stamp: tuple, filters: tuple, rank_by: str) -> pd.DataFrame:
     cells = filtered_cells(load(dirs, stamp).cells, filters)
-    return report.leaderboard(cells, rank_by)
+    return display.leaderboard(cells, rank_by)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -81,7 +82,7 @@ def cached_leaderboard_table(
     dirs: tuple[str, ...], stamp: tuple, filters: tuple, rank_by: str
 ) -> pd.DataFrame:
     cells = filtered_cells(load(dirs, stamp).cells, filters)
-    return report.leaderboard_display(cached_leaderboard(dirs, stamp, filters, rank_by), rank_by, cells)
+    return display.leaderboard_display(cached_leaderboard(dirs, stamp, filters, rank_by), rank_by, cells)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -102,14 +103,14 @@ def cached_compare(dirs: tuple[str, ...], stamp: tuple, filters: tuple, base_run
     # the run filter does not apply here: the two runs are chosen in the view itself
     cells = filtered_cells(load(dirs, stamp).cells, ((), *filters[1:]))
     run_ids = cells["run_id"].astype(str)
-    return report.gate_compare(cells[run_ids == base_run], cells[run_ids == cand_run])
+    return display.gate_compare(cells[run_ids == base_run], cells[run_ids == cand_run])
 
 
 def filtered_cells(cells: pd.DataFrame, filters: tuple) -> pd.DataFrame:
     run_ids, workloads, devices, scenarios, categories = (list(f) for f in filters)
     if run_ids:
         cells = cells[cells["run_id"].astype(str).isin(run_ids)]
-    return report.filter_cells(cells, workloads, devices, scenarios, categories)
+    return display.filter_cells(cells, workloads, devices, scenarios, categories)
 
 
 def baseline_mask(cells: pd.DataFrame) -> pd.Series:
@@ -137,7 +138,7 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
         st.info(f"{choice}: {reason}; every configuration ranks as infinitely slow")
     board = cached_leaderboard(dirs, stamp, filters, rank_by)
     st.caption(
-        "Order and confidence intervals from benchbed.stats; a target never reached ranks as infinitely "
+        "Order and confidence intervals from benchbed.analyse; a target never reached ranks as infinitely "
         "slow; 'not measured' means this machine could not measure the metric."
     )
     table = cached_leaderboard_table(dirs, stamp, filters, rank_by)
@@ -156,7 +157,7 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
 
 
 def leaderboard_plot_columns(board: pd.DataFrame, rank_by: str):
-    """(top rows with labels, value, low, high) for the bar chart, from the stats table's columns."""
+    """(top rows with labels, value, low, high) for the bar chart, from the leaderboard's columns."""
     low, high = f"{rank_by}_ci_low", f"{rank_by}_ci_high"
     if rank_by not in board or not pd.api.types.is_numeric_dtype(board[rank_by]):
         return None
@@ -195,7 +196,7 @@ def view_curves(data, cells, dirs, stamp, filters) -> None:
 def view_pareto(data, cells, dirs, stamp, filters) -> None:
     st.subheader("Pareto fronts")
     st.caption(
-        "One point per configuration (its median over seeds, from benchbed.stats). Red: not beaten on "
+        "One point per configuration (its median over seeds, from benchbed.analyse). Red: not beaten on "
         "both axes by any other configuration of the same workload."
     )
     measured = []
@@ -227,7 +228,7 @@ def view_telemetry(data, cells, dirs, stamp, filters) -> None:
     if len(picked) > MAX_TELEMETRY_CELLS:
         st.caption(f"{len(picked)} cells match; the first {MAX_TELEMETRY_CELLS} are drawn.")
         picked = picked.head(MAX_TELEMETRY_CELLS)
-    labels = report.cell_labels(picked)
+    labels = display.cell_labels(picked)
     st.plotly_chart(cached_telemetry_figure(dirs, stamp, tuple(labels.items())), key="telemetry_chart")
 
 
@@ -271,11 +272,11 @@ def view_compare(data, cells, dirs, stamp, filters) -> None:
     ).reset_index()
     first = ["workload", "variant", "reached", "time_to_target_s", "energy_to_target_j", "peak_mem_bytes"]
     per_cell = per_cell[[c for c in first if c in per_cell] + [c for c in per_cell if c not in first]]
-    st.caption("Verdict of benchbed.gate per configuration and metric (the CI gate's own verdicts).")
+    st.caption("Verdict of benchbed gate per configuration and metric (the CI gate's own verdicts).")
     st.dataframe(_colour_verdicts(per_cell), hide_index=True, key="compare_verdicts")
     with st.expander("Every comparison with ratios, p-values and notes"):
         st.dataframe(
-            _colour_verdicts(report.display_table(table, cells)), hide_index=True, key="compare_detail"
+            _colour_verdicts(display.display_table(table, cells)), hide_index=True, key="compare_detail"
         )
 
 
@@ -289,7 +290,7 @@ def view_kernels(data, *_) -> None:
         "Speedup = reference median time / backend median time, same op, shape, dtype, mode and device."
     )
     st.plotly_chart(figures.kernels_figure(speedups), key="kernels_chart")
-    st.dataframe(report.display_table(speedups, pd.DataFrame()), hide_index=True, key="kernels_table")
+    st.dataframe(display.display_table(speedups, pd.DataFrame()), hide_index=True, key="kernels_table")
 
 
 RENDER = {

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchbed import gate, store
+from benchbed import store
+from benchbed.analyse import gate
 
 BUILT_IN_SCENARIO = """\
 name = "gate-false-alarm"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchbed import ab, config, gate, store
+from benchbed import ab, config, store
+from benchbed.analyse import gate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,24 +1,22 @@
-"""`benchbed report DIR... --html FILE`: one self-contained HTML page with the dashboard's figures and tables.
+"""The read side the dashboard and ``benchbed report`` share: load, filter, and tables as text.
 
-Also the read side the dashboard shares: `load_for_display` reads each results directory on its own so
-one empty directory, corrupt Parquet file or foreign schema version becomes one error line naming the
-file while every other directory is still shown. Rankings, confidence intervals and verdicts come
-from `benchbed.stats` and `benchbed.gate`; nothing here ranks cells itself.
+``load_for_display`` reads each results directory on its own, so one empty directory, corrupt
+Parquet file or foreign schema version becomes one error line naming the file while every other
+directory is still shown. Rankings, confidence intervals and verdicts come from
+``benchbed.analyse`` (``tables.leaderboard``, ``gate.compare``); nothing here ranks cells itself.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import html
 import math
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from benchbed import figures, gate, stats, store
+from benchbed import store
+from benchbed.analyse import gate, tables
+from benchbed.present import figures
 
 TABLES = ("cells", "curves", "telemetry")
 KERNELS_FILE = "kernels.parquet"
@@ -118,7 +116,7 @@ def load_for_display(dirs: list[str] | tuple[str, ...]) -> DisplayResults:
     )
 
 
-# -- adapters to benchbed.stats / benchbed.gate ------------------------------------------------------
+# -- technique categories and filters ----------------------------------------------------------------
 
 
 def technique_categories(techniques: str) -> list[str]:
@@ -158,13 +156,16 @@ def filter_cells(
     return cells[keep]
 
 
+# -- adapters to benchbed.analyse ---------------------------------------------------------------------
+
+
 def leaderboard(cells: pd.DataFrame, rank_by: str) -> pd.DataFrame:
-    """The statistics module's leaderboard, unchanged in order."""
-    return stats.leaderboard(cells, rank_by=rank_by)
+    """``benchbed.analyse.tables.leaderboard``, unchanged in order."""
+    return tables.leaderboard(cells, rank_by=rank_by)
 
 
 def gate_compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> pd.DataFrame:
-    """`benchbed.gate.compare` on two runs' cells: one row per configuration x metric with its verdict."""
+    """`benchbed.analyse.gate.compare` on two runs' cells: one row per configuration x metric with its verdict."""
     return gate.compare(baseline_cells, candidate_cells)
 
 
@@ -276,161 +277,6 @@ def leaderboard_display(board: pd.DataFrame, rank_by: str, cells: pd.DataFrame) 
     return out.reset_index(drop=True)
 
 
-# -- the HTML report ---------------------------------------------------------------------------------
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
-       color: #1f2933; padding: 0 1rem; }
-h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #d9e2ec; padding-bottom: .3rem; }
-.meta { color: #52606d; }
-table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
-th, td { border-bottom: 1px solid #e4e7eb; padding: 4px 10px; text-align: left; vertical-align: top; }
-th { background: #f5f7fa; }
-.error { background: #fde8e8; border: 1px solid #f8b4b4; color: #9b1c1c; padding: .6rem 1rem;
-         border-radius: 6px; margin: .4rem 0; }
-.note { background: #eef6ff; border: 1px solid #b6d4fe; padding: .5rem 1rem; border-radius: 6px; }
-"""
-
-#: rank_by value -> section title. The report ranks by the two headline metrics; every table still
-#: carries peak memory and tokens/s with their intervals, and the dashboard ranks by those too.
-REPORT_RANKINGS = {
-    "time_to_target_s": "time to target",
-    "energy_to_target_j": "energy to target",
-}
-
-TELEMETRY_CELLS_IN_REPORT = 6
-CURVE_VARIANTS_IN_REPORT = 8
-ROWS_PER_TABLE_IN_REPORT = 60
-LEADERBOARD_ROWS_PER_WORKLOAD_IN_REPORT = 15
-
-
-class _Page:
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.plotly_js_included = False
-
-    def add(self, text: str) -> None:
-        self.parts.append(text)
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.add(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def error(self, text: str) -> None:
-        self.add(f'<div class="error">{html.escape(text)}</div>')
-
-    def note(self, text: str) -> None:
-        self.add(f'<div class="note">{html.escape(text)}</div>')
-
-    def table(self, frame: pd.DataFrame) -> None:
-        shown = frame.head(ROWS_PER_TABLE_IN_REPORT)
-        self.add(shown.to_html(index=False, border=0, na_rep="not measured", escape=True))
-        if len(frame) > len(shown):
-            self.note(f"{len(frame) - len(shown)} more rows not shown; the dashboard lists them all")
-
-    def figure(self, fig) -> None:
-        # plotly.js goes in once, inline, so the page works offline as a CI artifact.
-        self.add(fig.to_html(full_html=False, include_plotlyjs=not self.plotly_js_included))
-        self.plotly_js_included = True
-
-
-def _leaderboard_sections(page: _Page, cells: pd.DataFrame) -> pd.DataFrame | None:
-    """One table per headline ranking; returns the time-to-target board (None if time was not recorded)."""
-    time_board = None
-    for rank_by, title in REPORT_RANKINGS.items():
-        page.heading(f"Leaderboard: {title}", 3)
-        reason = figures.not_measured_reason(cells, rank_by)
-        if reason and reason.startswith("not measured"):
-            page.note(f"{title}: {reason}")
-            continue
-        board = leaderboard(cells, rank_by)
-        if rank_by == "time_to_target_s":
-            time_board = board
-        groups = [c for c in ("workload", "device") if c in board]
-        top = (
-            board.groupby(groups, sort=False).head(LEADERBOARD_ROWS_PER_WORKLOAD_IN_REPORT)
-            if groups
-            else board
-        )
-        page.table(leaderboard_display(top, rank_by, cells))
-        if len(top) < len(board):
-            page.note(
-                f"best {LEADERBOARD_ROWS_PER_WORKLOAD_IN_REPORT} per workload and device shown "
-                f"({len(board)} configurations in all); the dashboard lists them all"
-            )
-    return time_board
-
-
-def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, list[str]]:
-    """The report page and the error lines of directories or files that could not be shown."""
-    loaded = load_for_display(dirs)
-    page = _Page()
-    page.add(f"<h1>{html.escape(title)}</h1>")
-    runs = loaded.runs
-    page.add(
-        f'<p class="meta">{len(runs)} run(s), {len(loaded.cells)} cell(s), generated '
-        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}</p>"
-    )
-    for error in loaded.errors:
-        page.error(error)
-    if len(runs):
-        page.table(runs)
-    cells = loaded.cells
-    if len(cells):
-        page.heading("Leaderboard")
-        time_board = _leaderboard_sections(page, cells)
-        order = list(dict.fromkeys(time_board["variant"].astype(str))) if time_board is not None else []
-        variants = (
-            order[:CURVE_VARIANTS_IN_REPORT]
-            or sorted(cells["variant"].astype(str).unique())[:CURVE_VARIANTS_IN_REPORT]
-        )
-
-        page.heading("Curves")
-        for axis in figures.CURVE_AXES:
-            page.figure(figures.curves_figure(loaded.curves, cells, x=axis, variants=variants))
-
-        page.heading("Pareto fronts")
-        if time_board is None:
-            page.note("Pareto fronts need time_to_target_s, which these cells do not have")
-        for y in ("energy_to_target_j", "peak_mem_bytes"):
-            reason = figures.not_measured_reason(cells, y)
-            if reason and reason.startswith("not measured"):
-                page.note(f"time against {figures.METRICS[y][0]}: {reason}")
-            elif time_board is not None:
-                page.figure(figures.pareto_figure(time_board, "time_to_target_s", y))
-
-        page.heading("Telemetry")
-        chosen = cells.head(TELEMETRY_CELLS_IN_REPORT)
-        page.figure(figures.telemetry_figure(loaded.telemetry, cell_labels(chosen)))
-        if len(cells) > len(chosen):
-            page.note(f"first {len(chosen)} cells shown; the dashboard shows any cell")
-
-        if len(runs) >= 2:
-            page.heading("Compare")
-            _compare_section(page, cells, runs)
-    if len(loaded.kernels):
-        page.heading("Kernels")
-        speedups = figures.kernel_speedups(loaded.kernels)
-        page.figure(figures.kernels_figure(speedups))
-        page.table(display_table(speedups, cells))
-    document = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style></head><body>\n" + "\n".join(page.parts) + "\n</body></html>\n"
-    )
-    return document, loaded.errors
-
-
-def _compare_section(page: _Page, cells: pd.DataFrame, runs: pd.DataFrame) -> None:
-    baseline_id, candidate_id = str(runs["run_id"].iloc[0]), str(runs["run_id"].iloc[-1])
-    page.note(f"baseline run {baseline_id} against candidate run {candidate_id}")
-    run_ids = cells["run_id"].astype(str)
-    try:
-        verdicts = gate_compare(cells[run_ids == baseline_id], cells[run_ids == candidate_id])
-    except ValueError as exc:  # the gate names the missing column
-        page.error(f"compare: {exc}")
-        return
-    page.table(display_table(verdicts, cells))
-
-
 def cell_labels(cells: pd.DataFrame) -> dict[str, str]:
     """cell_id -> 'workload · variant · seed N' (plus the run id when several runs are loaded)."""
     several_runs = "run_id" in cells and cells["run_id"].nunique() > 1
@@ -441,32 +287,3 @@ def cell_labels(cells: pd.DataFrame) -> dict[str, str]:
             label += f" · {row.run_id}"
         labels[str(row.cell_id)] = label
     return labels
-
-
-def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="benchbed report",
-        description="Write one self-contained HTML page (plotly inlined) with the dashboard's figures and tables.",
-    )
-    parser.add_argument(
-        "dirs", nargs="+", metavar="DIR", help="results directories written by `benchbed run`"
-    )
-    parser.add_argument("--html", required=True, metavar="FILE", help="where to write the HTML report")
-    parser.add_argument("--title", default="benchbed report", help="page title")
-    args = parser.parse_args(argv)
-    document, errors = build_html(args.dirs, title=args.title)
-    out = Path(args.html)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(document, encoding="utf-8")
-    except OSError as exc:
-        print(f"benchbed report: {out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
-        return 2
-    for error in errors:
-        print(f"benchbed report: {error}", file=sys.stderr)
-    # The page is written even with bad inputs (their errors are on it), but CI must notice them.
-    return 2 if errors else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(cli_main(sys.argv[1:]))
