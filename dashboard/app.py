@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from benchbed.present import display, figures
+from benchbed.present.format import in_memory_unit, is_memory, memory_label
 
 VIEWS = ("Leaderboard", "Curves", "Pareto", "Telemetry", "Compare", "Kernels")
 
@@ -151,7 +152,7 @@ def view_leaderboard(data, cells, dirs, stamp, filters) -> None:
     if plot is not None:
         st.caption(f"The best {CHART_ROWS_PER_WORKLOAD} per workload and device, with their 95% intervals.")
         st.plotly_chart(
-            figures.leaderboard_figure(*plot, label=figures.METRICS[rank_by][0].replace("(bytes)", "(GiB)")),
+            figures.leaderboard_figure(*plot, label=memory_label(figures.METRICS[rank_by][0])),
             key="leaderboard_chart",
         )
 
@@ -164,10 +165,10 @@ def leaderboard_plot_columns(board: pd.DataFrame, rank_by: str):
     groups = [c for c in ("workload", "device") if c in board]
     top = board.groupby(groups, sort=False).head(CHART_ROWS_PER_WORKLOAD) if groups else board
     labelled = top.copy()
-    if rank_by.endswith("_bytes"):
+    if is_memory(rank_by):
         for column in (rank_by, low, high):
             if column in labelled:
-                labelled[column] = labelled[column] / 2**30
+                labelled[column] = in_memory_unit(labelled[column])
     several_scenarios = "scenario" in board and board["scenario"].nunique() > 1
     parts = [
         c

@@ -11,6 +11,7 @@ import pytest
 from fixtures.results_fixture import build_kernels_parquet, build_results_dir
 
 from benchbed.present import display, figures, report_html
+from benchbed.present.format import format_value
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_not_measured_is_never_zero():
     shown = display.display_table(cells, cells)
     assert shown["energy_to_target_j"].tolist() == ["not measured", "not measured"]
     assert shown["time_to_target_s"].tolist() == ["1", "not reached"]
-    assert display.format_value(math.inf, "time_to_target_s") == "not reached"
+    assert format_value(math.inf, "time_to_target_s") == "not reached"
 
 
 def test_kernel_speedup_is_reference_over_backend():

@@ -4,6 +4,7 @@
 Parquet file or foreign schema version becomes one error line naming the file while every other
 directory is still shown. Rankings, confidence intervals and verdicts come from
 ``benchbed.analyse`` (``tables.leaderboard``, ``gate.compare``); nothing here ranks cells itself.
+Every value is written by ``benchbed.present.format.format_value``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 from benchbed import store
 from benchbed.analyse import gate, tables
 from benchbed.present import figures
+from benchbed.present.format import MEMORY_UNIT, NOT_MEASURED, format_value, memory_label
 
 TABLES = ("cells", "curves", "telemetry")
 KERNELS_FILE = "kernels.parquet"
@@ -172,26 +174,6 @@ def gate_compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) ->
 # -- display formatting ------------------------------------------------------------------------------
 
 
-def format_value(value, column: str, reason_not_measured: str | None = None) -> str:
-    """A number for a table cell; NaN becomes 'not reached' (targets) or 'not measured', never 0."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        if reason_not_measured:
-            return "not measured"
-        return "not reached" if "to_target" in column else "not measured"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float) and math.isinf(value):
-        # stats encode "never reached the target" as +inf (infinitely slow)
-        return "not reached" if value > 0 else "-inf"
-    if isinstance(value, int | float):
-        if column.endswith("_bytes"):
-            return f"{value / 2**30:.3g} GiB"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.4g}"
-    return str(value)
-
-
 def display_table(table: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """Every float column as text, with NaN spelled out: 'not measured' where the metric family was not
     measured on these cells (energy without a sensor), 'not reached' for targets never reached."""
@@ -201,22 +183,23 @@ def display_table(table: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in out.columns:
         if pd.api.types.is_float_dtype(out[column]):
-            reason = "energy" if unmeasured_energy and "energy" in column else None
-            out[column] = [format_value(v, column, reason) for v in out[column]]
+            missing = NOT_MEASURED if unmeasured_energy and "energy" in column else None
+            out[column] = [format_value(v, column, missing=missing) for v in out[column]]
     return out
 
 
 def _interval_text(value, low, high, column: str, unmeasured: bool) -> str:
-    """'12.3 [11.9, 12.8]' (bytes in GiB, the column label says so), or why there is no number."""
+    """'12.3 [11.9, 12.8]' (memory without its unit: the column label says it), or why there is no number."""
     if unmeasured:
-        return "not measured"
-    text = format_value(value, column).removesuffix(" GiB")
+        return NOT_MEASURED
+    unit = f" {MEMORY_UNIT}"
+    text = format_value(value, column).removesuffix(unit)
     if text in ("not reached", "not measured") or low is None or high is None:
         return text
     if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
         return text
-    low_text = format_value(low, column).removesuffix(" GiB")
-    high_text = format_value(high, column).removesuffix(" GiB")
+    low_text = format_value(low, column).removesuffix(unit)
+    high_text = format_value(high, column).removesuffix(unit)
     return f"{text} [{low_text}, {high_text}]"
 
 
@@ -236,9 +219,7 @@ def leaderboard_display(board: pd.DataFrame, rank_by: str, cells: pd.DataFrame) 
     for metric in metrics:
         if metric not in board:
             continue
-        label = figures.METRICS[metric][0].replace("(bytes)", "(GiB)") + (
-            " [95% CI]" if metric == rank_by else ""
-        )
+        label = memory_label(figures.METRICS[metric][0]) + (" [95% CI]" if metric == rank_by else "")
         low, high = board.get(f"{metric}_ci_low"), board.get(f"{metric}_ci_high")
         out[label] = [
             _interval_text(

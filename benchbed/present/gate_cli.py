@@ -1,7 +1,7 @@
 """``benchbed gate BASELINE_DIR CANDIDATE_DIR``: the regression gate's outputs and command line.
 
 The verdicts come from ``benchbed.analyse.gate.compare``; this module writes them as a pull-request
-comment (markdown), as JSON, and as github-action-benchmark
+comment (markdown, values by ``benchbed.present.format``), as JSON, and as github-action-benchmark
 entries, and maps them to the exit code: 1 on a regression (or insufficient data under
 ``--strict``), 0 otherwise, 2 on bad input. ``benchbed ab`` shares the options and ``run_gate``.
 """
@@ -25,22 +25,14 @@ from benchbed.analyse.gate import (
     load_cells,
     unmatched,
 )
+from benchbed.present.format import NOT_MEASURED, format_value
 
 PROG = "benchbed gate"
 
 
 def _format_value(value, metric: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if isinstance(value, float) and math.isinf(value):
-        return "not reached" if value > 0 else "-inf"
-    if metric == "reached":
-        return f"{value:.0%}"
-    if metric == "peak_mem_bytes":
-        return f"{value / 2**20:.1f} MiB"
-    if metric in ("tokens_to_target", "steps_to_target"):
-        return f"{value:,.0f}"
-    return f"{value:.4g}"
+    # in the comparison table a target never reached is +inf: a gap is always "not measured"
+    return format_value(value, metric, missing=NOT_MEASURED)
 
 
 def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = "benchbed gate") -> str:

@@ -2,7 +2,7 @@
 
 Figures take result tables (the frames of ``benchbed.store.load``, or tables derived from them by
 ``benchbed.analyse``) and return a ``plotly.graph_objects.Figure``; nothing here ranks anything.
-Memory is drawn in GiB.
+Memory is drawn in the unit ``benchbed.present.format`` writes it in (GiB).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from benchbed.present.figures.common import METRICS, TEMPLATE, empty_figure, subplot_grid
+from benchbed.present.format import in_memory_unit, is_memory, memory_label
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.Series:
@@ -33,7 +34,7 @@ def pareto_figure(summary: pd.DataFrame, x: str, y: str, height_per_row: int = 3
     """Scatter of per-variant medians `x` against `y`, one panel per workload, the front joined by a line.
 
     `summary` has one row per (workload, variant) with `x` and `y` columns (medians over seeds)."""
-    x_label, y_label = (METRICS.get(c, (c, True))[0].replace("(bytes)", "(GiB)") for c in (x, y))
+    x_label, y_label = (memory_label(METRICS.get(c, (c, True))[0]) for c in (x, y))
     if summary.empty:
         return empty_figure("no variants to plot")
     workloads = sorted(summary["workload"].unique())
@@ -46,7 +47,7 @@ def pareto_figure(summary: pd.DataFrame, x: str, y: str, height_per_row: int = 3
         finite = np.isfinite(part[[x, y]].astype(float)).all(axis=1)
         plotted = part[finite]
         dropped_total += len(part) - len(plotted)
-        plotted = plotted.assign(**{c: plotted[c] / 2**30 for c in (x, y) if c.endswith("_bytes")})
+        plotted = plotted.assign(**{c: in_memory_unit(plotted[c]) for c in (x, y) if is_memory(c)})
         front = pareto_front(plotted, x, y)
         others = plotted[~front]
         front_points = plotted[front].sort_values(x)

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from benchbed.present.figures.common import TEMPLATE, empty_figure, palette_color
+from benchbed.present.format import BYTES_PER_MEMORY_UNIT, MEMORY_UNIT
 
 
 def downsample_minmax(frame: pd.DataFrame, x: str, ys: list[str], max_points: int) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def downsample_minmax(frame: pd.DataFrame, x: str, ys: list[str], max_points: in
 #: telemetry column suffix -> (panel title, scale factor); panels appear in this order
 TELEMETRY_GROUPS = (
     ("_w", "power (W)", 1.0),
-    ("_bytes", "memory (GiB)", 1.0 / 2**30),
+    ("_bytes", f"memory ({MEMORY_UNIT})", 1.0 / BYTES_PER_MEMORY_UNIT),
     ("_pct", "utilisation (%)", 1.0),
     ("_mhz", "clock (MHz)", 1.0),
     ("_c", "temperature (°C)", 1.0),
