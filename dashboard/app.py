@@ -67,9 +67,9 @@ def load(dirs: tuple[str, ...], stamp: tuple) -> display.DisplayResults:
     return display.load_for_display(list(dirs))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def category_options(techniques: tuple[str, ...]) -> dict[str, list[str]]:
-    return {t: display.technique_categories(t) for t in techniques}
+@st.cache_data(show_spinner=False, max_entries=8)
+def category_choices(dirs: tuple[str, ...], stamp: tuple) -> list[str]:
+    return display.category_choices(load(dirs, stamp).cells)
 
 
 @st.cache_data(show_spinner="Ranking…", max_entries=32)
@@ -325,11 +325,9 @@ def main() -> None:
     workloads = st.sidebar.multiselect("Workload", options(cells, "workload"), key="filter_workload")
     devices = st.sidebar.multiselect("Device", options(cells, "device"), key="filter_device")
     scenarios = st.sidebar.multiselect("Scenario", options(cells, "scenario"), key="filter_scenario")
-    by_techniques = category_options(tuple(options(cells, "techniques")))
-    all_categories = sorted({c for cats in by_techniques.values() for c in cats})
     categories = st.sidebar.multiselect(
         "Technique category",
-        all_categories,
+        category_choices(dirs, stamp),
         key="filter_category",
         help="Keeps configurations using a technique of a chosen category; baselines always stay.",
     )

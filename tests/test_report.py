@@ -143,6 +143,41 @@ def test_category_filter_uses_the_technique_registry():
     assert kept["techniques"].tolist() == ["adamw", "adamw+bf16_autocast"]
 
 
+def test_category_filter_reads_a_categories_column_before_the_registry(monkeypatch):
+    cells = pd.DataFrame(
+        {
+            "techniques": ["adamw", "adamw+bf16_autocast", "activation_checkpointing+adamw", "adamw+lion"],
+            "categories": ["compute/optimizer", "compute/optimizer+memory/precision", "made/up", None],
+            "is_baseline": [True, False, False, False],
+        }
+    )
+    looked_up = []
+    real = display._technique_registry
+
+    def counting_registry():
+        looked_up.append(True)
+        return real()
+
+    monkeypatch.setattr(display, "_technique_registry", counting_registry)
+    # the column wins where it has a value ("made/up" is not what the registry says) ...
+    assert display.filter_cells(cells, categories=["made/up"])["techniques"].tolist() == [
+        "adamw",
+        "activation_checkpointing+adamw",
+    ]
+    # ... and the registry answers only for the cell without one (results written before the column)
+    assert display.category_choices(cells) == [
+        "compute/optimizer",
+        "made/up",
+        "memory/precision",
+    ]
+    assert looked_up
+    looked_up.clear()
+    with_column = cells.dropna(subset=["categories"])
+    kept = display.filter_cells(with_column, categories=["memory/precision"])
+    assert kept["techniques"].tolist() == ["adamw", "adamw+bf16_autocast"]
+    assert not looked_up  # every cell had its categories: no registry import
+
+
 def test_telemetry_panels_group_by_unit_and_skip_sampler_bookkeeping():
     frame = pd.DataFrame(
         {

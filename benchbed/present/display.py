@@ -5,6 +5,11 @@ Parquet file or foreign schema version becomes one error line naming the file wh
 directory is still shown. Rankings, confidence intervals and verdicts come from
 ``benchbed.analyse`` (``tables.leaderboard``, ``gate.compare``); nothing here ranks cells itself.
 Every value is written by ``benchbed.present.format.format_value``.
+
+Technique categories (the sidebar filter) are read from the cells table's ``categories`` column
+when it has one: per cell, the sorted survey categories of its techniques joined by ``+`` (a list
+is accepted too). Cells without it (results written before the column existed) get theirs from
+the technique registry, imported on first use.
 """
 
 from __future__ import annotations
@@ -122,7 +127,8 @@ def load_for_display(dirs: list[str] | tuple[str, ...]) -> DisplayResults:
 
 
 def technique_categories(techniques: str) -> list[str]:
-    """Survey categories of a `+`-joined techniques string; 'unregistered' for unknown names."""
+    """Survey categories of a `+`-joined techniques string from the registry; 'unregistered' for
+    unknown names."""
     registry = _technique_registry()
     names = [t for t in str(techniques).split("+") if t]
     return sorted({registry[n].category if n in registry else "unregistered" for n in names})
@@ -133,6 +139,48 @@ def _technique_registry() -> dict:
     from benchbed.techniques import REGISTRY
 
     return REGISTRY
+
+
+def _parse_categories(value) -> tuple[str, ...] | None:
+    """A ``categories`` value as a sorted tuple; None where the cell has none (NaN, None)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    names = value.split("+") if isinstance(value, str) else [str(v) for v in value]
+    return tuple(sorted({name for name in names if name}))
+
+
+def cell_categories(cells: pd.DataFrame) -> pd.Series:
+    """Per cell, the sorted tuple of its techniques' survey categories (see the module docstring):
+    the ``categories`` column where the cell has a value, else the registry's, by ``techniques``.
+    None for a cell with neither."""
+    given = cells["categories"] if "categories" in cells else pd.Series(None, index=cells.index, dtype=object)
+    techniques = (
+        cells["techniques"] if "techniques" in cells else pd.Series(None, index=cells.index, dtype=object)
+    )
+    from_registry: dict[str, tuple[str, ...]] = {}
+    result: list[tuple[str, ...] | None] = []
+    for value, names in zip(given, techniques, strict=True):
+        categories = _parse_categories(value)
+        if categories is None and "techniques" in cells:
+            key = str(names)
+            if key not in from_registry:
+                from_registry[key] = tuple(technique_categories(key))
+            categories = from_registry[key]
+        result.append(categories)
+    return pd.Series(result, index=cells.index, dtype=object)
+
+
+def category_choices(cells: pd.DataFrame) -> list[str]:
+    """Every category some cell has, sorted (the dashboard's filter choices). A cell without a
+    ``categories`` value and without techniques offers none."""
+    if "categories" not in cells and "techniques" not in cells:
+        return []
+    offered = pd.Series(True, index=cells.index)
+    if "techniques" in cells:
+        offered = cells["techniques"].notna()
+    if "categories" in cells:
+        offered |= cells["categories"].map(lambda value: _parse_categories(value) is not None)
+    return sorted({c for categories in cell_categories(cells[offered]) for c in categories or ()})
 
 
 def filter_cells(
@@ -148,10 +196,9 @@ def filter_cells(
     for column, chosen in (("workload", workloads), ("device", devices), ("scenario", scenarios)):
         if chosen and column in cells:
             keep &= cells[column].isin(chosen)
-    if categories and "techniques" in cells:
+    if categories and ("techniques" in cells or "categories" in cells):
         wanted = set(categories)
-        by_techniques = {t: bool(wanted & set(technique_categories(t))) for t in cells["techniques"].unique()}
-        matches = cells["techniques"].map(by_techniques)
+        matches = cell_categories(cells).map(lambda have: bool(wanted & set(have or ())))
         if "is_baseline" in cells:
             matches |= cells["is_baseline"].fillna(False).astype(bool)
         keep &= matches
