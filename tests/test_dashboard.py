@@ -50,6 +50,30 @@ def show(app: AppTest, view: str) -> AppTest:
     return app
 
 
+def test_views_are_discovered_in_order_and_the_template_is_skipped():
+    from benchbed.dashboard import views
+
+    assert tuple(view.TITLE for view in views.discover()) == VIEWS
+
+
+def copy_me_view_app():
+    from benchbed.dashboard import shared
+    from benchbed.dashboard.views import _template
+
+    dirs = shared.result_dirs()
+    stamp = shared.files_stamp(dirs)
+    data = shared.load(dirs, stamp)
+    context = shared.ViewContext(data=data, cells=data.cells, dirs=dirs, stamp=stamp, filters=((),) * 5)
+    _template.render(context)
+
+
+def test_the_copy_me_view_renders(monkeypatch, runs):
+    monkeypatch.setenv("BENCHBED_RESULTS", str(runs["a"]))
+    app = AppTest.from_function(copy_me_view_app, default_timeout=60).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert len(app.dataframe[0].value) > 0
+
+
 def test_every_view_renders_without_exception(monkeypatch, runs):
     app = start(monkeypatch, runs["a"], runs["b"])
     assert not app.error
