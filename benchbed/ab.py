@@ -29,7 +29,8 @@ from pathlib import Path
 
 import tomllib
 
-from benchbed import gate, plan
+from benchbed import plan
+from benchbed.present import gate_cli
 
 PROG = "benchbed ab"
 SIDES = ("baseline", "candidate")
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs of every cell per side (default %(default)s; >= 5 for p < 0.01)",
     )
     parser.add_argument("--device", choices=plan.DEVICES, help="override the scenario's device")
-    gate.add_gate_options(parser)
+    gate_cli.add_gate_options(parser)
     return parser
 
 
@@ -175,7 +176,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     except ABInputError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
-    return gate.run_gate(args, baseline_dir, candidate_dir, prog=PROG)
+    return gate_cli.run_gate(args, baseline_dir, candidate_dir, prog=PROG)
 
 
 if __name__ == "__main__":  # pragma: no cover

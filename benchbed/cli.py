@@ -1,11 +1,13 @@
-"""The `benchbed` command. Exit codes: 0 ok, 1 failure or regression, 2 bad input."""
+"""The `benchbed` command: verbs and argument parsing. Exit codes: 0 ok, 1 failure or regression, 2 bad input.
+
+What the verbs print lives in ``benchbed.present``: the ranked table ``run`` prints
+(``present.ranked``), and ``gate`` and ``report``, which get the rest of the command line."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.resources
-import math
 import os
 import subprocess
 import sys
@@ -19,66 +21,9 @@ def _bad_input(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _fmt(value, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float) and math.isinf(value):
-        return "not reached"
-    if unit == "bytes":
-        return f"{value / 2**20:.0f} MiB"
-    if unit == "s":
-        return f"{value:.2f} s"
-    if unit == "J":
-        return f"{value:.1f} J"
-    if isinstance(value, float) and value.is_integer():
-        return f"{int(value):,}"
-    return f"{value:,.4g}" if isinstance(value, float) else str(value)
-
-
-def print_ranked_table(cells, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    from benchbed.stats import leaderboard
-
-    board = leaderboard(cells)
-    table = Table(
-        title=title,
-        caption="median over seeds and repeats; a combination where fewer than half its cells reached ranks last; '-' = not measured",
-    )
-    for col in (
-        "rank",
-        "variant",
-        "reached",
-        "time to target",
-        "tokens to target",
-        "energy to target",
-        "peak mem",
-        "statuses",
-    ):
-        left = col in ("variant", "statuses")
-        widest = (
-            int(board["variant"].astype(str).str.len().max()) if col == "variant" and len(board) else None
-        )
-        table.add_column(col, justify="left" if left else "right", no_wrap=True, min_width=widest)
-    for _, r in board.iterrows():
-        energy = r.get("energy_to_target_j", math.nan)
-        table.add_row(
-            str(r["rank"]),
-            Text(str(r["variant"])),  # Text: "[rule=sqrt]" in a variant is not rich markup
-            f"{r['n_reached']}/{r['n_cells']}",
-            _fmt(r.get("time_to_target_s"), "s"),
-            _fmt(r.get("tokens_to_target")),
-            "not measured" if energy is None or math.isnan(energy) else _fmt(energy, "J"),
-            _fmt(r.get("peak_mem_bytes"), "bytes"),
-            str(r.get("status_counts", "")),
-        )
-    Console(width=max(160, Console().width)).print(table)
-
-
 def cmd_run(args) -> int:
     from benchbed import plan as planning
+    from benchbed.present.ranked import print_ranked_table
     from benchbed.results import store
     from benchbed.run.runner import plan, run_scenario
 
@@ -219,8 +164,8 @@ def cmd_dashboard(args) -> int:
 
 
 DELEGATED = {
-    "gate": ("benchbed.gate", "compare two results directories; exit 1 on a regression"),
-    "report": ("benchbed.report", "write a self-contained HTML report of results directories"),
+    "gate": ("benchbed.present.gate_cli", "compare two results directories; exit 1 on a regression"),
+    "report": ("benchbed.present.report_html", "write a self-contained HTML report of results directories"),
     "kernels": ("benchbed.kernels.cli", "kernel sweep (bench), compile report (report), list"),
     "ab": ("benchbed.ab", "same-machine A/B: baseline and candidate source trees, interleaved"),
 }

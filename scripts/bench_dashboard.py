@@ -5,7 +5,7 @@
 Builds one results directory with the requested number of cells (4 workloads x N variants x 5 seeds)
 and telemetry rows spread evenly over the cells, then prints:
 
-- imports: importing streamlit, plotly, benchbed.stats/gate/report and the technique registry (paid
+- imports: importing streamlit, plotly, benchbed.analyse/present and the technique registry (paid
   once per server process, before the first page is served);
 - first render: `AppTest.run()` of dashboard/app.py with an empty cache (load + leaderboard + page);
 - cached render: the same page again (what every later interaction costs);
@@ -71,17 +71,17 @@ def main() -> int:
         import plotly.graph_objects  # noqa: F401
         from streamlit.testing.v1 import AppTest
 
-        import benchbed.gate  # noqa: F401
-        import benchbed.report
-        import benchbed.stats
+        import benchbed.analyse.gate  # noqa: F401
+        import benchbed.analyse.tables
+        import benchbed.present.report_html
         import benchbed.techniques  # noqa: F401
 
         print(f"imports (once per server process): {time.perf_counter() - start:.2f} s")
 
-        # Time spent inside the statistics module, so the dashboard's own share can be read off.
+        # Time spent inside the statistics (benchbed.analyse), so the dashboard's own share can be read off.
         stats_s = [0.0]
         for name in ("leaderboard",):  # summarize runs inside leaderboard
-            original = getattr(benchbed.stats, name)
+            original = getattr(benchbed.analyse.tables, name)
 
             def timed(*a, _original=original, **k):
                 t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def main() -> int:
                 finally:
                     stats_s[0] += time.perf_counter() - t0
 
-            setattr(benchbed.stats, name, timed)
+            setattr(benchbed.analyse.tables, name, timed)
 
         def clock(label: str, action, goal: str = "") -> float:
             stats_s[0] = 0.0
@@ -98,7 +98,7 @@ def main() -> int:
             action()
             total = time.perf_counter() - t0
             print(
-                f"{label}: {total:.2f} s (benchbed.stats {stats_s[0]:.2f} s, the rest {total - stats_s[0]:.2f} s){goal}"
+                f"{label}: {total:.2f} s (benchbed.analyse {stats_s[0]:.2f} s, the rest {total - stats_s[0]:.2f} s){goal}"
             )
             return total
 
@@ -116,7 +116,9 @@ def main() -> int:
         codes = []
         clock(
             "report",
-            lambda: codes.append(benchbed.report.cli_main([str(directory), "--html", str(html_path)])),
+            lambda: codes.append(
+                benchbed.present.report_html.cli_main([str(directory), "--html", str(html_path)])
+            ),
             "  goal <= 10 s",
         )
         print(f"report file: {html_path.stat().st_size / 1e6:.1f} MB, exit {codes[0]}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchbed import gate
+from benchbed.analyse import gate
 from benchbed.results import store
 
 BUILT_IN_SCENARIO = """\

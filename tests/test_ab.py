@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchbed import ab, gate, plan
+from benchbed import ab, plan
+from benchbed.analyse import gate
 from benchbed.results import store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from fixtures.results_fixture import build_results_dir
 
-from benchbed.cli import print_ranked_table
+from benchbed.present.ranked import print_ranked_table
 
 
 def test_ranked_table_prints_option_brackets_verbatim(tmp_path, capsys):

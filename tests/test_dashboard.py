@@ -11,7 +11,7 @@ import pytest
 from fixtures.results_fixture import build_kernels_parquet, build_results_dir
 from streamlit.testing.v1 import AppTest
 
-from benchbed import report
+from benchbed.present import display
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 VIEWS = ("Leaderboard", "Curves", "Pareto", "Telemetry", "Compare", "Kernels")
@@ -50,6 +50,30 @@ def show(app: AppTest, view: str) -> AppTest:
     return app
 
 
+def test_views_are_discovered_in_order_and_the_template_is_skipped():
+    from benchbed.dashboard import views
+
+    assert tuple(view.TITLE for view in views.discover()) == VIEWS
+
+
+def copy_me_view_app():
+    from benchbed.dashboard import shared
+    from benchbed.dashboard.views import _template
+
+    dirs = shared.result_dirs()
+    stamp = shared.files_stamp(dirs)
+    data = shared.load(dirs, stamp)
+    context = shared.ViewContext(data=data, cells=data.cells, dirs=dirs, stamp=stamp, filters=((),) * 5)
+    _template.render(context)
+
+
+def test_the_copy_me_view_renders(monkeypatch, runs):
+    monkeypatch.setenv("BENCHBED_RESULTS", str(runs["a"]))
+    app = AppTest.from_function(copy_me_view_app, default_timeout=60).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert len(app.dataframe[0].value) > 0
+
+
 def test_every_view_renders_without_exception(monkeypatch, runs):
     app = start(monkeypatch, runs["a"], runs["b"])
     assert not app.error
@@ -64,18 +88,18 @@ def test_every_view_renders_without_exception(monkeypatch, runs):
     "choice,rank_by", [("time to target", "time_to_target_s"), ("tokens per second", "tokens_per_s")]
 )
 def test_leaderboard_order_is_the_statistics_modules(monkeypatch, runs, choice, rank_by):
-    stats = pytest.importorskip("benchbed.stats")
+    tables = pytest.importorskip("benchbed.analyse.tables")
     app = start(monkeypatch, runs["a"])
     app.selectbox(key="rank_by").set_value(choice).run()
     shown = app.dataframe[0].value
-    expected = stats.leaderboard(report.load_for_display([runs["a"]]).cells, rank_by=rank_by)
+    expected = tables.leaderboard(display.load_for_display([runs["a"]]).cells, rank_by=rank_by)
     columns = [c for c in ("workload", "variant") if c in expected.columns]
     assert len(shown) == len(expected)
     assert shown[columns].astype(str).values.tolist() == expected[columns].astype(str).values.tolist()
 
 
 def test_workload_filter_changes_the_table(monkeypatch, runs):
-    pytest.importorskip("benchbed.stats")
+    pytest.importorskip("benchbed.analyse.tables")
     app = start(monkeypatch, runs["a"])
     before = app.dataframe[0].value
     assert set(before["workload"]) == {"copy_markov", "tiny_lm"}
@@ -86,7 +110,7 @@ def test_workload_filter_changes_the_table(monkeypatch, runs):
 
 
 def test_run_filter_keeps_one_runs_cells(monkeypatch, runs):
-    pytest.importorskip("benchbed.stats")
+    pytest.importorskip("benchbed.analyse.tables")
     app = start(monkeypatch, runs["a"], runs["b"])
     assert set(app.dataframe[0].value["reached"]) <= {"10/10", "0/10"}  # seeds of both runs pooled
     app.sidebar.multiselect(key="filter_run").set_value(["run-b"]).run()
@@ -94,7 +118,7 @@ def test_run_filter_keeps_one_runs_cells(monkeypatch, runs):
 
 
 def test_category_filter_keeps_matching_techniques_and_the_baseline(monkeypatch, runs):
-    pytest.importorskip("benchbed.stats")
+    pytest.importorskip("benchbed.analyse.tables")
     app = start(monkeypatch, runs["a"])
     app.sidebar.multiselect(key="filter_category").set_value(["memory/precision"]).run()
     variants = set(app.dataframe[0].value["variant"])
@@ -127,11 +151,11 @@ def test_energy_without_a_sensor_reads_not_measured(monkeypatch, runs):
 
 
 def test_compare_shows_the_gates_verdict_per_cell(monkeypatch, runs):
-    gate = pytest.importorskip("benchbed.gate")
+    gate = pytest.importorskip("benchbed.analyse.gate")
     app = start(monkeypatch, runs["a"], runs["b"])
     show(app, "Compare")
     per_cell = app.dataframe[0].value
-    cells = report.load_for_display([runs["a"], runs["b"]]).cells
+    cells = display.load_for_display([runs["a"], runs["b"]]).cells
     expected = gate.compare(cells[cells["run_id"] == "run-a"], cells[cells["run_id"] == "run-b"])
     time_verdicts = expected[expected["metric"] == "time_to_target_s"].set_index(["workload", "variant"])[
         "verdict"

@@ -1,4 +1,4 @@
-"""benchbed.gate on planted changes in synthetic cells tables, and its command line."""
+"""benchbed.analyse.gate on planted changes in synthetic cells tables, and its command line (present.gate_cli)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchbed import gate
+from benchbed.analyse import gate
+from benchbed.present import gate_cli
 
 
 def make_cells(
@@ -217,13 +218,13 @@ def test_cli_exit_codes_and_outputs(tmp_path, capsys):
     other_cells["config_key"] = "another-configuration"
     other = write_results(tmp_path / "other", other_cells)
 
-    assert gate.cli_main([str(base), str(same)]) == 0
+    assert gate_cli.cli_main([str(base), str(same)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("### benchbed gate: PASS")
 
     markdown, report, action = tmp_path / "gate.md", tmp_path / "gate.json", tmp_path / "bench.json"
     argv = [str(base), str(slow), "--markdown", str(markdown), "--json", str(report)]
-    assert gate.cli_main(argv + ["--benchmark-action", str(action)]) == 1
+    assert gate_cli.cli_main(argv + ["--benchmark-action", str(action)]) == 1
     assert capsys.readouterr().out == ""  # the table went to the file
     assert "FAIL" in markdown.read_text() and "**regression**" in markdown.read_text()
     parsed = json.loads(report.read_text())
@@ -234,22 +235,22 @@ def test_cli_exit_codes_and_outputs(tmp_path, capsys):
     assert time_entry["unit"] == "s" and time_entry["value"] == pytest.approx(11.0, rel=0.05)
     assert not any("tokens_per_s" in e["name"] or "energy" in e["name"] for e in entries)
 
-    assert gate.cli_main([str(base), str(tmp_path / "missing")]) == 2
+    assert gate_cli.cli_main([str(base), str(tmp_path / "missing")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("benchbed gate: ") and "missing" in error and len(error.splitlines()) == 1
 
-    assert gate.cli_main([str(base), str(other)]) == 2
+    assert gate_cli.cli_main([str(base), str(other)]) == 2
     error = capsys.readouterr().err.strip()
     assert "no cells in common" in error and str(other) in error
 
     (tmp_path / "empty").mkdir()
-    assert gate.cli_main([str(base), str(tmp_path / "empty")]) == 2
+    assert gate_cli.cli_main([str(base), str(tmp_path / "empty")]) == 2
     assert "cells.parquet" in capsys.readouterr().err
 
 
 def test_cli_strict_fails_on_insufficient_data(tmp_path):
     base = write_results(tmp_path / "base", make_cells(n_seeds=2, rng_seed=1))
     cand = write_results(tmp_path / "cand", make_cells(n_seeds=2, rng_seed=2))
-    assert gate.cli_main([str(base), str(cand), "--markdown", str(tmp_path / "m.md")]) == 0
+    assert gate_cli.cli_main([str(base), str(cand), "--markdown", str(tmp_path / "m.md")]) == 0
     assert "insufficient_data" in (tmp_path / "m.md").read_text()
-    assert gate.cli_main([str(base), str(cand), "--strict", "--markdown", str(tmp_path / "m.md")]) == 1
+    assert gate_cli.cli_main([str(base), str(cand), "--strict", "--markdown", str(tmp_path / "m.md")]) == 1

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from fixtures.results_fixture import build_kernels_parquet, build_results_dir
 
-from benchbed import figures, report
+from benchbed.present import display, figures, report_html
+from benchbed.present.format import format_value
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def run_dir(tmp_path_factory):
 
 def test_report_is_one_self_contained_page(run_dir, tmp_path, capsys):
     out = tmp_path / "report.html"
-    assert report.cli_main([str(run_dir), "--html", str(out)]) == 0
+    assert report_html.cli_main([str(run_dir), "--html", str(out)]) == 0
     assert capsys.readouterr().err == ""
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>")
@@ -41,7 +42,7 @@ def test_report_shows_bad_inputs_as_error_boxes_and_exits_2(run_dir, tmp_path, c
     shutil.copytree(run_dir, corrupt)
     (corrupt / "curves.parquet").write_bytes(b"garbage")
     out = tmp_path / "report.html"
-    assert report.cli_main([str(empty), str(run_dir), str(corrupt), "--html", str(out)]) == 2
+    assert report_html.cli_main([str(empty), str(run_dir), str(corrupt), "--html", str(out)]) == 2
     stderr = capsys.readouterr().err.strip().splitlines()
     assert len(stderr) == 2 and all(line.startswith("benchbed report: ") for line in stderr)
     page = out.read_text()
@@ -53,7 +54,7 @@ def test_report_shows_bad_inputs_as_error_boxes_and_exits_2(run_dir, tmp_path, c
 def test_report_cannot_write_is_bad_input(run_dir, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert report.cli_main([str(run_dir), "--html", str(blocker / "sub" / "r.html")]) == 2
+    assert report_html.cli_main([str(run_dir), "--html", str(blocker / "sub" / "r.html")]) == 2
     assert "cannot write" in capsys.readouterr().err
 
 
@@ -104,10 +105,10 @@ def test_not_measured_is_never_zero():
         "not measured: no energy sensor on this machine (energy_source = unavailable)"
     )
     assert figures.not_measured_reason(cells, "time_to_target_s") is None
-    shown = report.display_table(cells, cells)
+    shown = display.display_table(cells, cells)
     assert shown["energy_to_target_j"].tolist() == ["not measured", "not measured"]
     assert shown["time_to_target_s"].tolist() == ["1", "not reached"]
-    assert report.format_value(math.inf, "time_to_target_s") == "not reached"
+    assert format_value(math.inf, "time_to_target_s") == "not reached"
 
 
 def test_kernel_speedup_is_reference_over_backend():
@@ -134,12 +135,47 @@ def test_category_filter_uses_the_technique_registry():
             "is_baseline": [True, False, False],
         }
     )
-    assert report.technique_categories("activation_checkpointing+adamw") == [
+    assert display.technique_categories("activation_checkpointing+adamw") == [
         "compute/optimizer",
         "memory/rematerialization",
     ]
-    kept = report.filter_cells(cells, categories=["memory/precision"])
+    kept = display.filter_cells(cells, categories=["memory/precision"])
     assert kept["techniques"].tolist() == ["adamw", "adamw+bf16_autocast"]
+
+
+def test_category_filter_reads_a_categories_column_before_the_registry(monkeypatch):
+    cells = pd.DataFrame(
+        {
+            "techniques": ["adamw", "adamw+bf16_autocast", "activation_checkpointing+adamw", "adamw+lion"],
+            "categories": ["compute/optimizer", "compute/optimizer+memory/precision", "made/up", None],
+            "is_baseline": [True, False, False, False],
+        }
+    )
+    looked_up = []
+    real = display._technique_registry
+
+    def counting_registry():
+        looked_up.append(True)
+        return real()
+
+    monkeypatch.setattr(display, "_technique_registry", counting_registry)
+    # the column wins where it has a value ("made/up" is not what the registry says) ...
+    assert display.filter_cells(cells, categories=["made/up"])["techniques"].tolist() == [
+        "adamw",
+        "activation_checkpointing+adamw",
+    ]
+    # ... and the registry answers only for the cell without one (results written before the column)
+    assert display.category_choices(cells) == [
+        "compute/optimizer",
+        "made/up",
+        "memory/precision",
+    ]
+    assert looked_up
+    looked_up.clear()
+    with_column = cells.dropna(subset=["categories"])
+    kept = display.filter_cells(with_column, categories=["memory/precision"])
+    assert kept["techniques"].tolist() == ["adamw", "adamw+bf16_autocast"]
+    assert not looked_up  # every cell had its categories: no registry import
 
 
 def test_telemetry_panels_group_by_unit_and_skip_sampler_bookkeeping():
@@ -166,7 +202,7 @@ def test_telemetry_panels_group_by_unit_and_skip_sampler_bookkeeping():
 def test_report_says_energy_was_not_measured_instead_of_zero(tmp_path):
     run = build_results_dir(tmp_path / "cpu", seeds=2, energy_available=False, device="cpu")
     out = tmp_path / "report.html"
-    assert report.cli_main([str(run), "--html", str(out)]) == 0
+    assert report_html.cli_main([str(run), "--html", str(out)]) == 0
     page = out.read_text()
     assert "energy to target: not measured: no energy sensor on this machine" in page
     assert "validation loss against energy (J): not measured: no energy sensor" in page

@@ -1,4 +1,4 @@
-"""benchbed.stats on small hand-built cells tables (values computed by hand in the comments)."""
+"""benchbed.analyse on small hand-built cells tables (values computed by hand in the comments)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchbed import stats
+from benchbed.analyse import bootstrap, profiles, tables
 
 
 def make_cells(spec: list[tuple], *, device: str = "cpu", baseline: str = "adamw") -> pd.DataFrame:
@@ -46,31 +46,31 @@ def make_cells(spec: list[tuple], *, device: str = "cpu", baseline: str = "adamw
 
 
 def test_median_treats_unreached_as_slowest_and_uses_lower_middle_against_inf():
-    assert stats.median([3.0, 1.0, 2.0]) == 2.0
-    assert stats.median([1.0, 2.0, 3.0, 10.0]) == 2.5
-    assert stats.median([1.0, 2.0, math.inf]) == 2.0
+    assert bootstrap.median([3.0, 1.0, 2.0]) == 2.0
+    assert bootstrap.median([1.0, 2.0, 3.0, 10.0]) == 2.5
+    assert bootstrap.median([1.0, 2.0, math.inf]) == 2.0
     # half reached: the midpoint with +inf is undefined; the slowest reached value is the median
-    assert stats.median([1.0, 4.0, math.inf, math.inf]) == 4.0
-    assert stats.median([1.0, math.inf, math.inf]) == math.inf
-    assert math.isnan(stats.median([]))
+    assert bootstrap.median([1.0, 4.0, math.inf, math.inf]) == 4.0
+    assert bootstrap.median([1.0, math.inf, math.inf]) == math.inf
+    assert math.isnan(bootstrap.median([]))
 
 
 def test_olympic_mean_drops_best_and_worst():
-    assert stats.olympic_mean([1.0, 2.0, 3.0, 4.0, 100.0]) == 3.0  # (2+3+4)/3
-    assert stats.olympic_mean([5.0, 1.0, math.inf]) == 5.0  # one failed run is tolerated
-    assert stats.olympic_mean([5.0, math.inf, math.inf]) == math.inf  # two are not
-    assert stats.olympic_mean([2.0, 4.0]) == 3.0  # nothing to drop
+    assert bootstrap.olympic_mean([1.0, 2.0, 3.0, 4.0, 100.0]) == 3.0  # (2+3+4)/3
+    assert bootstrap.olympic_mean([5.0, 1.0, math.inf]) == 5.0  # one failed run is tolerated
+    assert bootstrap.olympic_mean([5.0, math.inf, math.inf]) == math.inf  # two are not
+    assert bootstrap.olympic_mean([2.0, 4.0]) == 3.0  # nothing to drop
 
 
 def test_bootstrap_ci_is_seeded_contains_median_and_handles_inf():
     values = np.array([10.0, 11.0, 12.0, 13.0, 30.0])
-    low, high = stats.bootstrap_ci(values, seed=3)
-    assert (low, high) == stats.bootstrap_ci(values, seed=3)
+    low, high = bootstrap.bootstrap_ci(values, seed=3)
+    assert (low, high) == bootstrap.bootstrap_ci(values, seed=3)
     assert low <= 12.0 <= high
     assert low >= 10.0 and high <= 30.0
-    low_inf, high_inf = stats.bootstrap_ci([1.0, 2.0, math.inf], seed=0)
+    low_inf, high_inf = bootstrap.bootstrap_ci([1.0, 2.0, math.inf], seed=0)
     assert low_inf == 1.0 and high_inf == math.inf
-    assert all(math.isnan(v) for v in stats.bootstrap_ci([4.0]))  # one value: no interval
+    assert all(math.isnan(v) for v in bootstrap.bootstrap_ci([4.0]))  # one value: no interval
 
 
 def test_summarize_groups_seeds_and_applies_half_rule():
@@ -86,7 +86,7 @@ def test_summarize_groups_seeds_and_applies_half_rule():
             ("w", "sophia", 2, None),  # 1 of 2 reached: still reached (not fewer than half)
         ]
     )
-    summary = stats.summarize(cells).set_index("variant")
+    summary = tables.summarize(cells).set_index("variant")
     assert summary.loc["adamw", "time_to_target_s"] == 11.0
     assert summary.loc["adamw", "n_seeds"] == 3 and summary.loc["adamw", "n_reached"] == 3
     assert bool(summary.loc["lion", "reached"]) is False
@@ -112,31 +112,31 @@ def test_leaderboard_orders_best_first_unreached_last_with_speedups():
             ("w", "slow", 2, 20.0),
         ]
     )
-    table = stats.leaderboard(cells)
+    table = tables.leaderboard(cells)
     assert list(table["variant"]) == ["lion", "adamw", "slow", "broken"]
     assert list(table["rank"]) == [1, 2, 3, 4]
     speedup = table.set_index("variant")["speedup"]
     assert speedup["lion"] == 2.0 and speedup["adamw"] == 1.0 and speedup["slow"] == 0.5
     assert speedup["broken"] == 0.0  # did not reach: infinitely slow
-    assert set(stats.LEADERBOARD_COLUMNS) <= set(table.columns)
+    assert set(tables.LEADERBOARD_COLUMNS) <= set(table.columns)
     # ranked by throughput instead, larger first
-    by_throughput = stats.leaderboard(cells, rank_by="tokens_per_s")
+    by_throughput = tables.leaderboard(cells, rank_by="tokens_per_s")
     assert list(by_throughput["variant"][:3]) == ["lion", "adamw", "slow"]
     with pytest.raises(ValueError, match="rank_by"):
-        stats.leaderboard(cells, rank_by="nonsense")
+        tables.leaderboard(cells, rank_by="nonsense")
 
 
 def test_leaderboard_olympic_aggregate():
     cells = make_cells([("w", "adamw", seed, t) for seed, t in enumerate([1.0, 2.0, 3.0, 4.0, 100.0])])
-    assert stats.leaderboard(cells, aggregate="olympic")["time_to_target_s"].iloc[0] == 3.0
-    assert stats.leaderboard(cells)["time_to_target_s"].iloc[0] == 3.0  # median
+    assert tables.leaderboard(cells, aggregate="olympic")["time_to_target_s"].iloc[0] == 3.0
+    assert tables.leaderboard(cells)["time_to_target_s"].iloc[0] == 3.0  # median
 
 
 def test_speedups_use_each_scenarios_own_baseline():
     first = make_cells([("w", "adamw", 1, 10.0), ("w", "adamw", 2, 10.0), ("w", "lion", 1, 5.0)])
     second = make_cells([("w", "adamw", 1, 40.0), ("w", "adamw", 2, 40.0), ("w", "lion", 1, 5.0)])
     second = second.assign(scenario="s2", config_key=second["config_key"] + "-s2")
-    table = stats.speedups(pd.concat([first, second], ignore_index=True)).set_index("config_key")
+    table = tables.speedups(pd.concat([first, second], ignore_index=True)).set_index("config_key")
     assert table.loc["w:lion", "speedup"] == 2.0
     assert table.loc["w:lion-s2", "speedup"] == 8.0
     assert table.loc["w:adamw-s2", ["speedup", "speedup_ci_low", "speedup_ci_high"]].tolist() == [1.0] * 3
@@ -146,7 +146,7 @@ def test_speedup_interval_brackets_point_estimate():
     rng = np.random.default_rng(0)
     spec = [("w", "adamw", s, 10.0 * (1 + 0.05 * rng.standard_normal())) for s in range(8)]
     spec += [("w", "lion", s, 5.0 * (1 + 0.05 * rng.standard_normal())) for s in range(8)]
-    table = stats.speedups(make_cells(spec)).set_index("variant")
+    table = tables.speedups(make_cells(spec)).set_index("variant")
     low, value, high = table.loc["lion", ["speedup_ci_low", "speedup", "speedup_ci_high"]]
     assert low <= value <= high
     assert low > 1.6 and high < 2.5
@@ -170,11 +170,11 @@ PROFILE_SPEC = [
 
 def test_performance_ratios_and_profile_match_hand_computation():
     cells = make_cells(PROFILE_SPEC, baseline="A")
-    ratios = stats.performance_ratios(cells)
+    ratios = profiles.performance_ratios(cells)
     assert ratios.loc["A", "w1/cpu"] == 1.0 and ratios.loc["A", "w2/cpu"] == 1.5
     assert ratios.loc["B", "w1/cpu"] == 2.0 and ratios.loc["B", "w2/cpu"] == 1.0
     assert ratios.loc["C", "w1/cpu"] == 5.0 and ratios.loc["C", "w2/cpu"] == math.inf
-    profile = stats.performance_profile(cells, n_points=7)  # tau = 1, 1.5, 2, ..., 4
+    profile = profiles.performance_profile(cells, n_points=7)  # tau = 1, 1.5, 2, ..., 4
     rho = profile.pivot(index="tau", columns="submission", values="rho")
     assert list(rho.index) == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
     assert list(rho["A"]) == [0.5, 1, 1, 1, 1, 1, 1]
@@ -184,13 +184,13 @@ def test_performance_ratios_and_profile_match_hand_computation():
 
 def test_benchmark_score_matches_hand_computation_and_profile_area():
     cells = make_cells(PROFILE_SPEC, baseline="A")
-    score = stats.benchmark_score(cells).set_index("submission")["score"]
+    score = profiles.benchmark_score(cells).set_index("submission")["score"]
     assert score["A"] == pytest.approx(11 / 12, abs=1e-12)
     assert score["B"] == pytest.approx(5 / 6, abs=1e-12)
     assert score["C"] == 0.0
-    assert list(stats.benchmark_score(cells)["submission"]) == ["A", "B", "C"]
+    assert list(profiles.benchmark_score(cells)["submission"]) == ["A", "B", "C"]
     # the exact area agrees with a fine-grid integral of the profile (AlgoPerf integrates numerically)
-    profile = stats.performance_profile(cells, n_points=30001)
+    profile = profiles.performance_profile(cells, n_points=30001)
     area_a = np.trapezoid(
         profile[profile.submission == "A"]["rho"], profile[profile.submission == "A"]["tau"]
     )
@@ -199,8 +199,8 @@ def test_benchmark_score_matches_hand_computation_and_profile_area():
 
 def test_profile_accepts_summary_and_larger_is_better_metric():
     cells = make_cells(PROFILE_SPEC, baseline="A")
-    from_summary = stats.benchmark_score(stats.summarize(cells))
-    pd.testing.assert_frame_equal(from_summary, stats.benchmark_score(cells))
+    from_summary = profiles.benchmark_score(tables.summarize(cells))
+    pd.testing.assert_frame_equal(from_summary, profiles.benchmark_score(cells))
     # tokens/s = 100 / time here, so the reciprocal ranking reproduces time's ratios where reached
-    ratios = stats.performance_ratios(cells, "tokens_per_s")
+    ratios = profiles.performance_ratios(cells, "tokens_per_s")
     assert ratios.loc["B", "w1/cpu"] == pytest.approx(2.0)

@@ -9,7 +9,6 @@ import torch
 
 from benchbed.measure.telemetry import Telemetry
 from benchbed.techniques import REGISTRY, build_config
-from benchbed.measure.telemetry import Telemetry
 from benchbed.worker.assemble import build
 from benchbed.worker.context import RunSettings, TrainContext
 from benchbed.worker.loop import train

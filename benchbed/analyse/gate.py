@@ -17,31 +17,30 @@ never the run id) and gives every cell × metric one verdict:
 - ``reached``: a configuration that reached its target before and does not now is a regression.
 
 Verdicts: ``ok, regression, suspicious, improvement, insufficient_data, not_measured`` (both sides
-NaN: a metric this machine cannot measure). Exit code 1 on any regression, 0 otherwise, 2 on bad
-input. Mann & Whitney 1947, "On a test of whether one of two random variables is stochastically
-larger than the other".
+NaN: a metric this machine cannot measure). ``failed`` says whether they fail the gate (any
+regression; under ``strict`` also insufficient data). Mann & Whitney 1947, "On a test of whether one
+of two random variables is stochastically larger than the other".
+
+This module decides; ``benchbed.present.gate_cli`` writes the markdown, JSON and benchmark-action
+outputs and owns the command line (exit code 1 on a failed gate, 0 otherwise, 2 on bad input).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from benchbed import stats
+from benchbed.analyse.bootstrap import TO_TARGET_METRICS, median, metric_samples, reached_mask
 from benchbed.results import store
-
-PROG = "benchbed gate"
 
 VERDICTS = ("regression", "insufficient_data", "suspicious", "improvement", "ok", "not_measured")
 
-#: metric -> (kind, smaller_is_better, threshold option name)
+#: metric -> (smaller_is_better, the GateThresholds field that applies)
 NOISY_METRICS: dict[str, tuple[bool, str]] = {
     "time_to_target_s": (True, "time_threshold"),
     "tokens_per_s": (False, "throughput_threshold"),
@@ -54,18 +53,27 @@ DETERMINISTIC_METRICS: dict[str, tuple[bool, str]] = {
     "final_val_loss": (True, "loss_rtol"),
 }
 
-DEFAULTS = {
-    "time_threshold": 0.05,
-    "throughput_threshold": 0.05,
-    "energy_threshold": 0.05,
-    "memory_threshold": 0.10,
-    # a non-deterministic device's "deterministic" metrics are judged with this threshold
-    "nondeterministic_threshold": 0.05,
-    "alpha": 0.01,
-    "min_samples": 5,
-    "count_rtol": 0.0,  # tokens and steps are integers: a fixed seed on the CPU reproduces them
-    "loss_rtol": 1e-4,  # float reductions may differ in the last bits between builds
-}
+
+@dataclasses.dataclass(frozen=True)
+class GateThresholds:
+    """What counts as a change. The defaults are the gate's; ``benchbed gate`` flags override them."""
+
+    #: relative change of the median that counts, per noisy metric
+    time_threshold: float = 0.05
+    throughput_threshold: float = 0.05
+    energy_threshold: float = 0.05
+    memory_threshold: float = 0.10
+    #: a non-deterministic device's "deterministic" metrics are judged with this threshold
+    nondeterministic_threshold: float = 0.05
+    #: significance level of the one-sided Mann-Whitney U test
+    alpha: float = 0.01
+    #: samples per side below which a noisy verdict is insufficient_data
+    min_samples: int = 5
+    #: tokens and steps are integers: a fixed seed on the CPU reproduces them
+    count_rtol: float = 0.0
+    #: float reductions may differ in the last bits between builds
+    loss_rtol: float = 1e-4
+
 
 #: devices whose fixed-seed runs are reproducible (deterministic kernels)
 DETERMINISTIC_DEVICES = ("cpu",)
@@ -106,8 +114,8 @@ def _noisy_verdict(
 ) -> dict:
     """Verdict for one noisy metric from the two samples (NaN dropped, +inf = did not reach)."""
     out = {"p_value": math.nan, "ratio": math.nan, "note": ""}
-    out["baseline_value"] = stats.median(base)
-    out["candidate_value"] = stats.median(cand)
+    out["baseline_value"] = median(base)
+    out["candidate_value"] = median(cand)
     if base.size == 0 and cand.size == 0:
         return {**out, "verdict": "not_measured", "note": "NaN on both sides"}
     if base.size == 0 or cand.size == 0:
@@ -149,10 +157,10 @@ def _per_seed_medians(cells: pd.DataFrame, metric: str) -> pd.Series:
     values = pd.to_numeric(cells[metric], errors="coerce").astype(float) if metric in cells.columns else None
     if values is None:
         return pd.Series(dtype=float)
-    if metric in stats.TO_TARGET_METRICS:
-        values = values.where(stats.reached_mask(cells), np.inf)
+    if metric in TO_TARGET_METRICS:
+        values = values.where(reached_mask(cells), np.inf)
     frame = pd.DataFrame({"seed": seeds.to_numpy(), "value": values.to_numpy()}).dropna()
-    return frame.groupby("seed")["value"].agg(stats.median)
+    return frame.groupby("seed")["value"].agg(median)
 
 
 def _deterministic_verdict(
@@ -162,8 +170,8 @@ def _deterministic_verdict(
     base = _per_seed_medians(base_cells, metric)
     cand = _per_seed_medians(cand_cells, metric)
     out = {
-        "baseline_value": stats.median(base.to_numpy()),
-        "candidate_value": stats.median(cand.to_numpy()),
+        "baseline_value": median(base.to_numpy()),
+        "candidate_value": median(cand.to_numpy()),
         "p_value": math.nan,
         "ratio": math.nan,
         "note": "",
@@ -178,7 +186,7 @@ def _deterministic_verdict(
     if np.isinf(b).all() and np.isinf(c).all():
         return {**out, "verdict": "not_measured", "note": "target reached on neither side"}
     with np.errstate(divide="ignore", invalid="ignore"):
-        out["ratio"] = float(np.float64(stats.median(c)) / np.float64(stats.median(b)))
+        out["ratio"] = float(np.float64(median(c)) / np.float64(median(b)))
         both_inf = np.isinf(b) & np.isinf(c)
         difference = np.where(both_inf, 0.0, c - b)
         tolerance = rtol * np.abs(np.where(np.isinf(b), 0.0, b))
@@ -198,8 +206,8 @@ def _deterministic_verdict(
 
 def _reached_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame, deterministic: bool) -> dict:
     """Reached before and not now = regression (and the reverse an improvement)."""
-    base_reached = stats.reached_mask(base_cells)
-    cand_reached = stats.reached_mask(cand_cells)
+    base_reached = reached_mask(base_cells)
+    cand_reached = reached_mask(cand_cells)
     base_fraction = float(base_reached.mean()) if len(base_cells) else math.nan
     cand_fraction = float(cand_reached.mean()) if len(cand_cells) else math.nan
     base_ok = 2 * int(base_reached.sum()) >= len(base_cells) and base_reached.any()
@@ -233,14 +241,20 @@ def _reached_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame, determi
 # -- the table-level comparison ---------------------------------------------------------------
 
 
-def compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame, **thresholds) -> pd.DataFrame:
+def compare(
+    baseline_cells: pd.DataFrame,
+    candidate_cells: pd.DataFrame,
+    thresholds: GateThresholds | None = None,
+    **options,
+) -> pd.DataFrame:
     """Compare two cells tables; one row per matched configuration × metric with its verdict.
 
     Cells are matched by ``config_key``; seeds and repeats of one configuration are the samples.
-    Keyword options (defaults in ``DEFAULTS``): ``time_threshold=0.05, throughput_threshold=0.05,
+    ``thresholds`` (default ``GateThresholds()``): ``time_threshold=0.05, throughput_threshold=0.05,
     energy_threshold=0.05, memory_threshold=0.10`` (relative change of the median that counts),
     ``alpha=0.01`` (Mann-Whitney significance), ``min_samples=5`` (per side), ``count_rtol=0.0`` and
-    ``loss_rtol=1e-4`` (deterministic tolerances), ``nondeterministic_threshold=0.05``.
+    ``loss_rtol=1e-4`` (deterministic tolerances), ``nondeterministic_threshold=0.05``. Keyword
+    ``options`` with those names override single fields (``compare(a, b, time_threshold=0.1)``).
 
     Columns (``COMPARE_COLUMNS``): ``workload, device, variant, config_key, metric, kind``
     (``reached | deterministic | noisy``), ``baseline_value, candidate_value`` (medians; for
@@ -248,10 +262,10 @@ def compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame, **thres
     p_value, n_baseline, n_candidate, verdict, note``. Configurations present on only one side are
     not compared (see ``unmatched``). Raises ValueError on an unknown option or missing column.
     """
-    unknown = sorted(set(thresholds) - set(DEFAULTS))
+    unknown = sorted(set(options) - {field.name for field in dataclasses.fields(GateThresholds)})
     if unknown:
         raise ValueError(f"compare: unknown option(s) {', '.join(unknown)}")
-    options = {**DEFAULTS, **thresholds}
+    limits = dataclasses.replace(thresholds or GateThresholds(), **options)
     for name, table in (("baseline", baseline_cells), ("candidate", candidate_cells)):
         if "config_key" not in table.columns:
             raise ValueError(f"{name} cells: config_key: column missing")
@@ -276,35 +290,35 @@ def compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame, **thres
         )
         for metric, (smaller_is_better, option) in DETERMINISTIC_METRICS.items():
             if deterministic:
-                verdict = _deterministic_verdict(base, cand, metric, smaller_is_better, options[option])
+                verdict = _deterministic_verdict(
+                    base, cand, metric, smaller_is_better, getattr(limits, option)
+                )
                 rows.append(
                     {
                         **label,
                         "metric": metric,
                         "kind": "deterministic",
-                        "threshold": options[option],
+                        "threshold": getattr(limits, option),
                         **counts,
                     }
                     | verdict
                 )
             else:
-                b, c = stats.metric_samples(base, metric), stats.metric_samples(cand, metric)
-                threshold = options["nondeterministic_threshold"]
-                verdict = _noisy_verdict(
-                    b, c, smaller_is_better, threshold, options["alpha"], options["min_samples"]
-                )
+                b, c = metric_samples(base, metric), metric_samples(cand, metric)
+                threshold = limits.nondeterministic_threshold
+                verdict = _noisy_verdict(b, c, smaller_is_better, threshold, limits.alpha, limits.min_samples)
                 rows.append(
                     {**label, "metric": metric, "kind": "noisy", "threshold": threshold}
                     | {"n_baseline": b.size, "n_candidate": c.size}
                     | verdict
                 )
         for metric, (smaller_is_better, option) in NOISY_METRICS.items():
-            b, c = stats.metric_samples(base, metric), stats.metric_samples(cand, metric)
+            b, c = metric_samples(base, metric), metric_samples(cand, metric)
             verdict = _noisy_verdict(
-                b, c, smaller_is_better, options[option], options["alpha"], options["min_samples"]
+                b, c, smaller_is_better, getattr(limits, option), limits.alpha, limits.min_samples
             )
             rows.append(
-                {**label, "metric": metric, "kind": "noisy", "threshold": options[option]}
+                {**label, "metric": metric, "kind": "noisy", "threshold": getattr(limits, option)}
                 | {"n_baseline": b.size, "n_candidate": c.size}
                 | verdict
             )
@@ -324,125 +338,7 @@ def failed(comparison: pd.DataFrame, *, strict: bool = False) -> bool:
     return "regression" in verdicts or (strict and "insufficient_data" in verdicts)
 
 
-# -- output -----------------------------------------------------------------------------------
-
-
-def _format_value(value, metric: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if isinstance(value, float) and math.isinf(value):
-        return "not reached" if value > 0 else "-inf"
-    if metric == "reached":
-        return f"{value:.0%}"
-    if metric == "peak_mem_bytes":
-        return f"{value / 2**20:.1f} MiB"
-    if metric in ("tokens_to_target", "steps_to_target"):
-        return f"{value:,.0f}"
-    return f"{value:.4g}"
-
-
-def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = "benchbed gate") -> str:
-    """A pull-request comment: a one-line verdict, counts, then the table (problems first)."""
-    counts = comparison["verdict"].value_counts()
-    status = "FAIL" if failed(comparison, strict=strict) else "PASS"
-    summary = ", ".join(f"{int(counts[v])} {v}" for v in VERDICTS if v in counts.index)
-    lines = [
-        f"### {title}: {status}",
-        "",
-        f"{comparison['config_key'].nunique()} configuration(s) compared: {summary}.",
-    ]
-    if "insufficient_data" in counts.index and not strict:
-        lines.append(
-            "Insufficient data does not fail the gate without `--strict`; run more seeds or `--repeat`."
-        )
-    lines += [
-        "",
-        "| workload | device | variant | metric | baseline | candidate | ratio | p | verdict | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    order = {verdict: i for i, verdict in enumerate(VERDICTS)}
-    ordered = comparison.assign(_order=comparison["verdict"].map(order)).sort_values(
-        ["_order", "workload", "device", "variant", "metric"], kind="stable"
-    )
-    for row in ordered.itertuples(index=False):
-        ratio = "" if math.isnan(row.ratio) else f"{row.ratio:.3f}"
-        p_value = "" if math.isnan(row.p_value) else f"{row.p_value:.3g}"
-        verdict = f"**{row.verdict}**" if row.verdict in ("regression", "suspicious") else row.verdict
-        note = str(row.note).replace("|", "/")
-        lines.append(
-            f"| {row.workload} | {row.device} | {row.variant} | {row.metric} | "
-            f"{_format_value(row.baseline_value, row.metric)} | {_format_value(row.candidate_value, row.metric)} | "
-            f"{ratio} | {p_value} | {verdict} | {note} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _json_number(value):
-    if value is None:
-        return None
-    value = float(value)
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
-
-
-def to_json(comparison: pd.DataFrame, *, strict: bool = False, extra: dict | None = None) -> dict:
-    """The report as a JSON-ready dict: ``failed``, verdict counts and one record per row
-    (NaN as null, +inf as the string "inf")."""
-    records = []
-    for row in comparison.to_dict(orient="records"):
-        for key in ("baseline_value", "candidate_value", "ratio", "threshold", "p_value"):
-            row[key] = _json_number(row[key])
-        row["n_baseline"] = int(row["n_baseline"])
-        row["n_candidate"] = int(row["n_candidate"])
-        records.append(row)
-    report = {
-        "failed": failed(comparison, strict=strict),
-        "strict": strict,
-        "counts": {str(k): int(v) for k, v in comparison["verdict"].value_counts().items()},
-        "rows": records,
-    }
-    return {**report, **(extra or {})}
-
-
-#: github-action-benchmark units of the metrics it tracks (smaller is better for all of them)
-BENCHMARK_UNITS = {
-    "time_to_target_s": "s",
-    "energy_to_target_j": "J",
-    "peak_mem_bytes": "bytes",
-    "tokens_to_target": "tokens",
-    "steps_to_target": "steps",
-    "final_val_loss": "nats/token",
-}
-
-
-def to_benchmark_action(comparison: pd.DataFrame) -> list[dict]:
-    """github-action-benchmark ``customSmallerIsBetter`` entries of the candidate's medians.
-
-    Only smaller-is-better metrics appear (tokens/s would read inverted); values that are NaN or
-    infinite (not measured, not reached) are left out, since the format has no such value.
-    """
-    entries = []
-    for row in comparison.itertuples(index=False):
-        if row.metric not in BENCHMARK_UNITS:
-            continue
-        value = float(row.candidate_value)
-        if not math.isfinite(value):
-            continue
-        entries.append(
-            {
-                "name": f"{row.workload}/{row.device}/{row.variant} {row.metric}",
-                "unit": BENCHMARK_UNITS[row.metric],
-                "value": value,
-                "extra": f"baseline {_format_value(row.baseline_value, row.metric)}; verdict {row.verdict}",
-            }
-        )
-    return entries
-
-
-# -- command line -----------------------------------------------------------------------------
+# -- reading a results directory ----------------------------------------------------------------
 
 
 def load_cells(directory: str | Path) -> pd.DataFrame:
@@ -461,107 +357,3 @@ def load_cells(directory: str | Path) -> pd.DataFrame:
     if cells.empty:
         raise GateInputError(f"{path / 'cells.parquet'}: no cells")
     return cells
-
-
-def add_gate_options(parser: argparse.ArgumentParser) -> None:
-    """The thresholds and outputs shared by ``benchbed gate`` and ``benchbed ab``."""
-    options = parser.add_argument_group("gate")
-    for name, what in (
-        ("time_threshold", "relative slowdown of time-to-target that counts"),
-        ("throughput_threshold", "relative drop of tokens/s that counts"),
-        ("energy_threshold", "relative growth of energy-to-target that counts"),
-        ("memory_threshold", "relative growth of peak memory that counts"),
-        ("alpha", "significance level of the one-sided Mann-Whitney U test"),
-        ("loss_rtol", "relative tolerance of final_val_loss for a fixed seed on the CPU"),
-    ):
-        flag = "--" + name.replace("_", "-")
-        options.add_argument(
-            flag, type=float, metavar="X", default=DEFAULTS[name], help=f"{what} (default %(default)s)"
-        )
-    options.add_argument(
-        "--min-samples",
-        type=int,
-        default=DEFAULTS["min_samples"],
-        help="samples per side below which the verdict is insufficient_data (default %(default)s)",
-    )
-    options.add_argument("--strict", action="store_true", help="insufficient data fails the gate")
-    options.add_argument(
-        "--markdown", metavar="FILE", help="write the markdown table here instead of printing it"
-    )
-    options.add_argument("--json", metavar="FILE", help="write the full report as JSON")
-    options.add_argument(
-        "--benchmark-action", metavar="FILE", help="write github-action-benchmark customSmallerIsBetter JSON"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Compare a candidate's results with a baseline's; exit 1 on a regression.",
-        epilog="Exit codes: 0 no regression, 1 regression (or insufficient data under --strict), 2 bad input.",
-    )
-    parser.add_argument("baseline_dir", help="results directory of the baseline (e.g. main)")
-    parser.add_argument("candidate_dir", help="results directory of the candidate (e.g. the pull request)")
-    add_gate_options(parser)
-    return parser
-
-
-def run_gate(
-    args: argparse.Namespace, baseline_dir: str | Path, candidate_dir: str | Path, prog: str = PROG
-) -> int:
-    """Load, compare, write the outputs named in ``args``; the exit code (0, 1 or 2)."""
-    try:
-        baseline_cells = load_cells(baseline_dir)
-        candidate_cells = load_cells(candidate_dir)
-        thresholds = {
-            "time_threshold": args.time_threshold,
-            "throughput_threshold": args.throughput_threshold,
-            "energy_threshold": args.energy_threshold,
-            "memory_threshold": args.memory_threshold,
-            "alpha": args.alpha,
-            "min_samples": args.min_samples,
-            "loss_rtol": args.loss_rtol,
-        }
-        for name, value in thresholds.items():
-            if not (value >= 0 and math.isfinite(value)):
-                raise GateInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
-        comparison = compare(baseline_cells, candidate_cells, **thresholds)
-        if comparison.empty:
-            raise GateInputError(
-                f"{candidate_dir}: no cells in common with {baseline_dir} (matched by config_key)"
-            )
-    except GateInputError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return 2
-    markdown = to_markdown(comparison, strict=args.strict)
-    missing = unmatched(baseline_cells, candidate_cells)
-    if missing["baseline_only"] or missing["candidate_only"]:
-        markdown += (
-            f"\nNot compared: {len(missing['baseline_only'])} configuration(s) only in the baseline, "
-            f"{len(missing['candidate_only'])} only in the candidate.\n"
-        )
-    if args.markdown:
-        Path(args.markdown).write_text(markdown)
-    else:
-        print(markdown, end="")
-    if args.json:
-        extra = {
-            "baseline_dir": str(baseline_dir),
-            "candidate_dir": str(candidate_dir),
-            "thresholds": thresholds,
-            "unmatched": missing,
-        }
-        report = to_json(comparison, strict=args.strict, extra=extra)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if args.benchmark_action:
-        Path(args.benchmark_action).write_text(json.dumps(to_benchmark_action(comparison), indent=2) + "\n")
-    return 1 if failed(comparison, strict=args.strict) else 0
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_gate(args, args.baseline_dir, args.candidate_dir)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(cli_main())

@@ -1,0 +1,51 @@
+"""The ranked table ``benchbed run`` prints when a scenario is done.
+
+One row per combination in ``benchbed.analyse.tables.leaderboard`` order; every value is written by
+``benchbed.present.format.format_value`` (times in seconds, energy in joules, memory in GiB).
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from benchbed.analyse.tables import leaderboard
+from benchbed.present.format import NOT_MEASURED, format_value
+
+#: heading -> leaderboard column shown under it (None: built from several columns)
+COLUMNS = {
+    "rank": None,
+    "variant": None,
+    "reached": None,
+    "time to target (s)": "time_to_target_s",
+    "tokens to target": "tokens_to_target",
+    "energy to target (J)": "energy_to_target_j",
+    "peak mem": "peak_mem_bytes",
+    "statuses": None,
+}
+
+
+def print_ranked_table(cells, title: str) -> None:
+    board = leaderboard(cells)
+    table = Table(
+        title=title,
+        caption="median over seeds and repeats; a combination where fewer than half its cells reached ranks last",
+    )
+    for heading in COLUMNS:
+        left = heading in ("variant", "statuses")
+        widest = (
+            int(board["variant"].astype(str).str.len().max()) if heading == "variant" and len(board) else None
+        )
+        table.add_column(heading, justify="left" if left else "right", no_wrap=True, min_width=widest)
+    for _, r in board.iterrows():
+        # a target never reached is +inf in the leaderboard: a gap there is "not measured"
+        values = [format_value(r.get(c), c, missing=NOT_MEASURED) for c in COLUMNS.values() if c is not None]
+        table.add_row(
+            str(r["rank"]),
+            Text(str(r["variant"])),  # Text: "[rule=sqrt]" in a variant is not rich markup
+            f"{r['n_reached']}/{r['n_cells']}",
+            *values,
+            str(r.get("status_counts", "")),
+        )
+    Console(width=max(160, Console().width)).print(table)
