@@ -94,13 +94,15 @@ def describe_kernels() -> list[dict]:
 
 
 def aot_configs(arch: int = 90) -> list[AotConfig]:
-    """Every Triton kernel at every configuration it launches with on ``arch`` (for AOT compiles)."""
-    return [
+    """Every Triton kernel at every configuration it launches with on ``arch`` (for AOT compiles),
+    each under both divisibility-hint sets the runtime may compile it with (``AotConfig.variants``)."""
+    configs = [
         *flash_attention.aot_configs(arch),
         *cross_entropy.aot_configs(),
         *norms.aot_configs(),
         *optimizer_steps.aot_configs(),
     ]
+    return [variant for config in configs for variant in config.variants()]
 
 
 def _triton_backends(fn: Callable) -> dict[str, Callable]:
