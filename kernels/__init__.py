@@ -6,8 +6,10 @@ tensors live on a CUDA device (pass ``device=``), and the PyTorch reference ever
 tests and small checks only). Each op lives in one module beside its reference:
 
 - flash_attention.py -- FlashAttention-2 forward/backward (Dao 2023)
+- block_sparse_attention.py -- the same over a block mask (local, global, strided, random blocks)
 - cross_entropy.py   -- fused softmax+NLL, and the variant fused with the output projection
 - norms.py           -- fused RMSNorm / LayerNorm forward and backward
+- quantized_linear.py -- fp8 and int8 linear layers on one scaled Triton matmul
 - optimizer_steps.py -- fused AdamW and Lion steps over flat buffers
 """
 
@@ -18,7 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchbed.kernels import cross_entropy, flash_attention, norms, optimizer_steps
+from benchbed.kernels import (
+    block_sparse_attention,
+    cross_entropy,
+    flash_attention,
+    norms,
+    optimizer_steps,
+    quantized_linear,
+)
 from benchbed.kernels._triton import HAS_TRITON, AotConfig, TritonUnavailable
 
 BACKENDS = ("auto", "reference", "triton")
@@ -98,9 +107,11 @@ def aot_configs(arch: int = 90) -> list[AotConfig]:
     each under both divisibility-hint sets the runtime may compile it with (``AotConfig.variants``)."""
     configs = [
         *flash_attention.aot_configs(arch),
+        *block_sparse_attention.aot_configs(arch),
         *cross_entropy.aot_configs(),
         *norms.aot_configs(),
         *optimizer_steps.aot_configs(),
+        *quantized_linear.aot_configs(),
     ]
     return [variant for config in configs for variant in config.variants()]
 
@@ -115,6 +126,15 @@ register(
         flash_attention.attention_reference,
         _triton_backends(flash_attention.flash_attention_triton),
         description="FlashAttention-2 fwd/bwd, q,k,v [B,H,T,D], D in 16/32/64/128, causal or full",
+    )
+)
+register(
+    KernelOp(
+        "block_sparse_attention",
+        block_sparse_attention.block_sparse_attention_reference,
+        _triton_backends(block_sparse_attention.block_sparse_attention_triton),
+        description="FlashAttention-2 over a block mask (window, global, strided, random blocks); "
+        "reference: masked SDPA",
     )
 )
 register(
@@ -165,6 +185,26 @@ register(
         _triton_backends(optimizer_steps.lion_step_triton),
         dtypes=("params fp32/bf16/fp16, states fp32",),
         description="one fused Lion launch over flat buffers (Chen et al. 2023)",
+    )
+)
+
+register(
+    KernelOp(
+        "fp8_linear",
+        quantized_linear.fp8_linear_reference,
+        _triton_backends(quantized_linear.fp8_linear_triton),
+        dtypes=("inputs fp32/bf16; e4m3 fwd, e5m2 or bf16 grads",),
+        devices=("cuda sm_89+", "cpu (interpreter)"),
+        description="x W^T + b with fp8 operands, dynamic per-tensor or per-row scales (reference emulates)",
+    )
+)
+register(
+    KernelOp(
+        "int8_linear",
+        quantized_linear.int8_linear_reference,
+        _triton_backends(quantized_linear.int8_linear_triton),
+        dtypes=("inputs fp32/bf16; int8 fwd and dX, 16/32-bit dW",),
+        description="x W^T + b in int8: per-token x, per-channel W, int32 accumulation (SwitchBack)",
     )
 )
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from benchbed import kernels
-from benchbed.kernels import flash_attention
+from benchbed.kernels import block_sparse_attention, flash_attention
 
 NAN = float("nan")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,6 +75,52 @@ def _attention_cases(device: torch.device) -> list[Case]:
                             "flash_attention",
                             backend,
                             f"B={b} H={h} T={t} D={d} causal",
+                            dtype_name,
+                            mode,
+                            setup,
+                            flops,
+                            NAN,
+                            size,
+                        )
+                    )
+    return cases
+
+
+def _block_sparse_cases(device: torch.device) -> list[Case]:
+    """Time against density: one shape, causal, sliding windows of growing width (plus one global
+    block); the dense flash_attention kernel and SDPA at the same shape are the density-1 rows."""
+    if device.type == "cuda":
+        (b, h, t, d), block, windows, dtypes = (2, 16, 4096, 64), 64, (0, 1, 3, 7, 15), ("bf16",)
+    else:
+        (b, h, t, d), block, windows, dtypes = (1, 2, 256, 32), 32, (0, 2), ("fp32",)
+    cases = []
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        for window in windows:
+            pattern = block_sparse_attention.SparsityPattern(block=block, window=window, global_blocks=1)
+            dens = block_sparse_attention.density(t, pattern)
+            for backend in ("reference", "triton"):
+                fn = kernels.get("block_sparse_attention", backend)
+                for mode in ("fwd", "fwd+bwd"):
+
+                    def setup(fn=fn, mode=mode, pattern=pattern, dtype=dtype):
+                        q, k, v = (
+                            torch.randn(b, h, t, d, device=device, dtype=dtype, requires_grad=mode != "fwd")
+                            for _ in range(3)
+                        )
+                        grad = torch.randn(b, h, t, d, device=device, dtype=dtype)
+                        call = lambda: fn(q, k, v, True, pattern)
+                        return call if mode == "fwd" else (lambda: call().backward(grad))
+
+                    # useful FLOPs only: the allowed pairs (density x the causal triangle)
+                    flops = 4.0 * b * h * t * t * d * 0.5 * dens * (1.0 if mode == "fwd" else 3.5)
+                    shape = f"B={b} H={h} T={t} D={d} block={block} window={window} density={dens:.3f}"
+                    size = "small" if t <= 512 else "large"
+                    cases.append(
+                        Case(
+                            "block_sparse_attention",
+                            backend,
+                            shape,
                             dtype_name,
                             mode,
                             setup,
@@ -233,6 +279,7 @@ def _optimizer_cases(device: torch.device) -> list[Case]:
 def all_cases(device: torch.device) -> list[Case]:
     return [
         *_attention_cases(device),
+        *_block_sparse_cases(device),
         *_cross_entropy_cases(device),
         *_norm_cases(device),
         *_optimizer_cases(device),

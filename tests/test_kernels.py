@@ -22,12 +22,15 @@ from benchbed.workloads import WORKLOADS
 def test_registry_lists_every_op_with_reference_and_triton():
     expected = {
         "flash_attention",
+        "block_sparse_attention",
         "cross_entropy",
         "linear_cross_entropy",
         "rms_norm",
         "layer_norm",
         "adamw_step",
         "lion_step",
+        "fp8_linear",
+        "int8_linear",
     }
     assert set(kernels.REGISTRY) == expected
     for name, op in kernels.REGISTRY.items():
@@ -67,11 +70,15 @@ def test_every_kernel_has_aot_configurations():
         "_attn_fwd_kernel",
         "_attn_bwd_dkdv_kernel",
         "_attn_bwd_dq_kernel",
+        "_bsa_fwd_kernel",
+        "_bsa_bwd_dkdv_kernel",
+        "_bsa_bwd_dq_kernel",
         "_cross_entropy_kernel",
         "_norm_fwd_kernel",
         "_norm_bwd_kernel",
         "_adamw_kernel",
         "_lion_kernel",
+        "_scaled_mm_kernel",
     }
     for config in kernels.aot_configs():
         assert list(config.signature)  # every argument typed, constexprs included
@@ -187,10 +194,19 @@ def technique(name: str, **options):
     return cls(build_config(cls, options, f"techniques.{name}"))
 
 
-@pytest.mark.parametrize("name", ["flash_attention", "fused_norm", "fused_cross_entropy", "fused_optimizer"])
+HARDWARE = [
+    "flash_attention",
+    "fused_norm",
+    "fused_cross_entropy",
+    "fused_optimizer",
+    "block_sparse_attention",
+]
+
+
+@pytest.mark.parametrize("name", HARDWARE)
 def test_techniques_registered_with_paper_and_category(name):
     cls = TECHNIQUES[name]
-    assert cls.category in ("hardware/kernels", "hardware/efficient_attention") and cls.paper
+    assert cls.category.startswith("hardware/") and cls.paper
     with pytest.raises(TechniqueError, match="backend"):
         build_config(cls, {"backend": "cuda"}, f"techniques.{name}")
 
@@ -203,6 +219,107 @@ def test_flash_attention_technique_swaps_attn_fn_and_records_reference():
     assert all(b.attn.attn_fn is flash_attention.attention_reference for b in model.blocks)
     assert ctx.run.extra["kernel_backend.flash_attention"] == "reference"
     torch.testing.assert_close(model(batch.inputs), before, rtol=1e-5, atol=1e-5)
+
+
+def test_block_sparse_technique_swaps_attn_fn_records_density_and_masks():
+    from benchbed.kernels import block_sparse_attention
+
+    batch = tiny_batch()
+    dense_model = tiny_model()
+    dense = dense_model(batch.inputs)
+    # a window covering every block: the same function as dense causal attention
+    ctx, model = make_ctx(), tiny_model()
+    technique("block_sparse_attention", block=16, window=8, random_blocks=0).build_model(model, ctx)
+    attn = model.blocks[0].attn.attn_fn
+    assert attn.func is block_sparse_attention.block_sparse_attention_reference
+    assert ctx.run.extra["kernel_backend.block_sparse_attention"] == "reference"
+    assert ctx.run.extra["block_sparse.density"] == 1.0
+    torch.testing.assert_close(model(batch.inputs), dense, rtol=1e-5, atol=1e-5)
+    # 16-token blocks, own block only: a different function
+    ctx, model = make_ctx(), tiny_model()
+    technique("block_sparse_attention", block=16, window=0, global_blocks=0, random_blocks=0).build_model(
+        model, ctx
+    )
+    assert ctx.run.extra["block_sparse.density"] < 0.5
+    assert not torch.allclose(model(batch.inputs), dense, atol=1e-3)
+    with pytest.raises(TechniqueError, match="block"):
+        build_config(TECHNIQUES["block_sparse_attention"], {"block": 24}, "techniques.block_sparse_attention")
+
+
+@pytest.mark.parametrize("name", ["fp8_linear", "int8_linear"])
+def test_low_precision_linear_refused_on_cpu_unless_reference(name):
+    cell = {"device": "cpu", "launched": False}
+    with pytest.raises(TechniqueError, match='backend = "reference"'):
+        technique(name).validate(cell)
+    technique(name, backend="reference").validate(cell)
+    technique(name).validate({"device": "cuda", "launched": False})  # no GPU here: no capability check
+
+
+@pytest.mark.parametrize("name,options", [("fp8_linear", {"scaling": "tensor"}), ("fp8_linear", {}),
+                                          ("int8_linear", {})])  # fmt: skip
+def test_low_precision_linear_swaps_block_linears_keeping_parameters(name, options):
+    ctx, model = make_ctx(), tiny_model()
+    batch = tiny_batch()
+    params = dict(model.named_parameters())
+    dense = model(batch.inputs)
+    technique(name, backend="reference", **options).build_model(model, ctx)
+    assert ctx.run.extra[f"{name}.layers"] == 8  # qkv, proj, fc, mlp.proj in each of 2 blocks
+    assert type(model.blocks[0].attn.qkv).__name__ == "KernelLinear"
+    assert isinstance(model.lm_head, torch.nn.Linear)  # the tied head stays
+    after = dict(model.named_parameters())
+    assert after.keys() == params.keys() and all(after[k] is params[k] for k in after)
+    out = model(batch.inputs)
+    err = (out - dense).abs().max().item()
+    assert 0 < err < 0.05 * dense.abs().max().item()  # quantised, but the same function within 5%
+    default_loss(model, batch).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_emulated_fp8_is_within_its_rounding_of_exact():
+    """Forward error of a dot product whose operands each carry a relative error <= u:
+    |err| <= 2u (|x| |W|^T) (to first order), u = 2^-4 for e4m3, computed here in float64."""
+    from benchbed.kernels import quantized_linear
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(17, 40, generator=gen, dtype=torch.float64)
+    w = torch.randn(23, 40, generator=gen, dtype=torch.float64)
+    for scaling in ("row", "tensor"):
+        y = quantized_linear.fp8_linear_reference(x, w, None, scaling, acc=torch.float64)
+        bound = 2.1 * 2**-4 * (x.abs() @ w.abs().t()) + 1e-3  # + subnormal flushes far below the amax
+        assert ((y - x @ w.t()).abs() <= bound).all(), scaling
+    y8 = quantized_linear.int8_linear_reference(x, w, None, acc=torch.float64)
+    step = x.abs().amax(1, keepdim=True) / 254 * w.abs().sum(1) + x.abs().sum(1, keepdim=True) * (
+        w.abs().amax(1) / 254
+    )
+    assert ((y8 - x @ w.t()).abs() <= 1.01 * step).all()
+
+
+def test_semi_structured_sparsity_refused_without_a_gpu_and_masks_gradients():
+    from benchbed.techniques.hardware import semi_structured_sparsity as sss
+
+    with pytest.raises(TechniqueError, match="sm_80") as info:
+        technique("semi_structured_sparsity").validate({"device": "cpu", "launched": False})
+    assert "\n" not in str(info.value)  # one line at scenario load
+    w = torch.tensor([[0.1, -3.0, 2.0, 0.5, 1.0, 0.9, -1.5, 0.2]])
+    assert sss.mask_2_4(w).tolist() == [[False, True, True, False, True, False, True, False]]
+    # the module on the CPU with a dense stand-in for the compressed weight
+    ctx, model = make_ctx(), tiny_model()
+    batch = tiny_batch()
+    original = sss.SemiStructuredLinear.__init__
+
+    def dense_stand_in(self, source, compress=None):
+        original(self, source, compress=lambda weight: weight)
+
+    sss.SemiStructuredLinear.__init__ = dense_stand_in
+    try:
+        technique("semi_structured_sparsity").build_model(model, ctx)
+    finally:
+        sss.SemiStructuredLinear.__init__ = original
+    layer = model.blocks[0].mlp.fc
+    assert ctx.run.extra["semi_structured.layers"] == 8
+    assert (layer.weight.detach().reshape(-1, 4) != 0).sum(1).le(2).all()
+    default_loss(model, batch).backward()
+    assert (layer.weight.grad[~layer.mask] == 0).all() and layer.weight.grad[layer.mask].abs().sum() > 0
 
 
 def test_triton_backend_on_cpu_is_refused_not_silently_interpreted():

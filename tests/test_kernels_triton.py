@@ -33,7 +33,14 @@ import math
 import pytest
 import torch
 
-from benchbed.kernels import cross_entropy, flash_attention, norms, optimizer_steps
+from benchbed.kernels import (
+    block_sparse_attention,
+    cross_entropy,
+    flash_attention,
+    norms,
+    optimizer_steps,
+    quantized_linear,
+)
 from benchbed.kernels._triton import poisoned_outputs
 
 RTOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -118,6 +125,34 @@ def check_flash_attention(
         assert_close(got, want, 2 * rtol, f"{label} {name}", c)
 
 
+def check_block_sparse_attention(
+    batch, heads, seq, head_dim, dtype, causal, pattern, device, rtol, strided=True
+):
+    """Against float64 masked SDPA on the pattern's token mask; outputs and gradients."""
+    gen = torch.Generator().manual_seed(seq * 7 + head_dim)
+    width = heads * head_dim
+    if strided:  # the GPT's layout: transposed views of one projection
+        qkv = torch.randn(batch, seq, 3 * width, generator=gen).to(device, dtype)
+        q, k, v = (t.view(batch, seq, heads, head_dim).transpose(1, 2) for t in qkv.split(width, 2))
+    else:
+        q, k, v = (
+            torch.randn(batch, heads, seq, head_dim, generator=gen).to(device, dtype) for _ in range(3)
+        )
+    d_out = torch.randn(batch, heads, seq, head_dim, generator=gen).to(device, dtype)
+    qt, kt, vt = (t.detach().requires_grad_(True) for t in (q, k, v))
+    with poisoned_outputs():
+        out = block_sparse_attention.block_sparse_attention_triton(qt, kt, vt, causal, pattern)
+        out.backward(d_out)
+    q64, k64, v64 = as_f64(q), as_f64(k), as_f64(v)
+    ref = block_sparse_attention.block_sparse_attention_reference(q64, k64, v64, causal, pattern)
+    ref.backward(d_out.double())
+    label = f"block_sparse T={seq} D={head_dim} {dtype} causal={causal} {pattern}"
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close(out, ref, rtol, f"{label} out")
+    for name, got, want in (("dq", qt.grad, q64.grad), ("dk", kt.grad, k64.grad), ("dv", vt.grad, v64.grad)):
+        assert_close(got, want, 2 * rtol, f"{label} {name}")
+
+
 def check_cross_entropy(rows, vocab, dtype, device, rtol, weighted=False):
     gen = torch.Generator().manual_seed(rows * 7 + vocab)
     logits = (3 * torch.randn(rows, vocab, generator=gen)).to(device, dtype)
@@ -161,6 +196,38 @@ def check_linear_cross_entropy(tokens, width, vocab, chunk_size, dtype, device, 
     assert_close(loss.reshape(1), ref.reshape(1), 2 * rtol, f"{label} loss")
     assert_close(h.grad, h64.grad, 2 * rtol, f"{label} dhidden")
     assert_close(w.grad, w64.grad, 2 * rtol, f"{label} dweight")
+
+
+def check_quantized_linear(kind, tokens, d_in, d_out, dtype, scaling, grad, device, with_bias=True):
+    """Kernel vs the same quantisation dequantised and multiplied in float64. The quantised operands
+    are identical (one quantize() in both paths), fp8 and int8 products are exact in the kernel's
+    fp32/int32 accumulators, so what remains is fp32 summation order and the output's rounding:
+    fp32 outputs rtol 2e-5, bf16 outputs bf16's."""
+    gen = torch.Generator().manual_seed(tokens * 3 + d_in)
+    x = torch.randn(2, tokens, d_in, generator=gen).to(device, dtype)
+    w = (torch.randn(d_out, d_in, generator=gen) / math.sqrt(d_in)).to(device)
+    b = torch.randn(d_out, generator=gen).to(device) if with_bias else None
+    g = torch.randn(2, tokens, d_out, generator=gen).to(device, dtype)
+    fn = quantized_linear.fp8_linear_triton if kind == "fp8" else quantized_linear.int8_linear_triton
+    ref_fn = (
+        quantized_linear.fp8_linear_reference if kind == "fp8" else quantized_linear.int8_linear_reference
+    )
+    xt, wt = leaf(x), leaf(w)
+    with poisoned_outputs():
+        y = fn(xt, wt, b, scaling, grad)
+        y.backward(g)
+    x64, w64 = leaf(x), leaf(w)
+    ref = ref_fn(x64, w64, b, scaling, grad, acc=torch.float64)
+    ref.backward(g)
+    rtol = RTOL[dtype]
+    label = f"{kind}_linear {tokens}x{d_in}->{d_out} {dtype} {scaling} grad={grad}"
+    assert y.dtype == dtype and y.shape == (2, tokens, d_out)
+    assert_close(y, ref, rtol, f"{label} out")
+    assert_close(xt.grad, x64.grad, 2 * rtol, f"{label} dx")
+    # dW: the fp8 kernel writes it in the weight's fp32; unquantised (int8's SwitchBack, grad="bf16")
+    # it is a matmul in the inputs' dtype
+    unquantised = kind == "int8" or grad == "bf16"
+    assert_close(wt.grad, w64.grad, 2 * (rtol if unquantised else RTOL[torch.float32]), f"{label} dweight")
 
 
 def check_norm(kind, rows, width, dtype, device, rtol, with_bias=True):
@@ -312,6 +379,70 @@ def test_tolerance_scales_with_conditioning():
     assert relative[30.0] > 10 * relative[1.0]  # the term grows with the conditioning; rtol does not
 
 
+BSA = block_sparse_attention.SparsityPattern
+BLOCK_SPARSE_CASES = [  # odd lengths; layout blocks smaller and larger than the kernel tiles
+    (1, 2, 150, 16, torch.float32, True, BSA(block=16, window=1, global_blocks=1, stride=3, random_blocks=1)),
+    (2, 1, 201, 64, torch.bfloat16, False, BSA(block=32, window=1, global_blocks=1)),
+    (1, 1, 333, 32, torch.float16, True, BSA(block=128, window=0, global_blocks=0, random_blocks=1, seed=3)),
+    (1, 1, 97, 128, torch.float32, True, BSA(block=16, window=2, global_blocks=0, stride=2)),
+]
+
+
+@interpreter
+@pytest.mark.parametrize("batch,heads,seq,head_dim,dtype,causal,pattern", BLOCK_SPARSE_CASES)
+def test_block_sparse_attention_interpreter(batch, heads, seq, head_dim, dtype, causal, pattern):
+    check_block_sparse_attention(batch, heads, seq, head_dim, dtype, causal, pattern, "cpu", RTOL[dtype])
+
+
+def test_block_sparse_layout_patterns():
+    """Window, global, strided and random blocks, causal on top, the diagonal always kept."""
+    layout = block_sparse_attention.block_layout(8, BSA(window=1, global_blocks=1, stride=0), causal=True)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    for i in range(8):
+        expected[i, max(0, i - 1) : i + 1] = True
+        expected[i, 0] = True
+    assert torch.equal(layout, expected)
+    strided = block_sparse_attention.block_layout(9, BSA(window=0, global_blocks=0, stride=4), causal=False)
+    assert strided[8, 0] and strided[8, 4] and strided[0, 8] and not strided[8, 5]
+    random = block_sparse_attention.block_layout(16, BSA(window=0, global_blocks=0, random_blocks=2), True)
+    assert (random.sum(1) <= 3).all() and random.diagonal().all() and not random.triu(1).any()
+    assert torch.equal(
+        random, block_sparse_attention.block_layout(16, BSA(window=0, global_blocks=0, random_blocks=2), True)
+    )
+    full = block_sparse_attention.density(256, BSA(block=16, window=16, global_blocks=0))
+    assert full == 1.0 and block_sparse_attention.density(1024, BSA()) < 0.5
+
+
+@interpreter
+@pytest.mark.parametrize(
+    "kind,tokens,d_in,d_out,dtype,scaling,grad",
+    [
+        ("fp8", 37, 70, 45, torch.float32, "row", "e5m2"),
+        ("fp8", 19, 130, 67, torch.float32, "tensor", "e5m2"),
+        ("fp8", 11, 64, 33, torch.bfloat16, "row", "bf16"),
+        ("int8", 37, 70, 45, torch.float32, "row", "e5m2"),
+        ("int8", 13, 96, 150, torch.bfloat16, "row", "e5m2"),
+    ],
+)
+def test_quantized_linear_interpreter(kind, tokens, d_in, d_out, dtype, scaling, grad):
+    check_quantized_linear(kind, tokens, d_in, d_out, dtype, scaling, grad, "cpu")
+
+
+def test_quantize_rounds_to_the_format_and_factors_scales():
+    t = torch.tensor([[1.0, -2.0, 0.5], [100.0, 3.0, -50.0]])
+    q, s = quantized_linear.quantize(t, torch.int8, 0)  # per row
+    assert q.dtype == torch.int8 and s.shape == (2,)
+    assert q[0].tolist() == [64, -127, 32] and q[1].tolist() == [127, 4, -64]
+    torch.testing.assert_close(s, torch.tensor([2.0, 100.0]) / 127)
+    q8, s8 = quantized_linear.quantize(t, quantized_linear.E4M3, None)
+    assert q8.dtype == torch.float8_e4m3fn and s8.numel() == 1
+    assert q8.float().abs().max().item() == 448.0  # the amax maps to the format's largest value
+    rel = ((q8.float() * s8) - t).abs() / t.abs()
+    assert rel.max().item() <= 2**-4  # e4m3: 3 mantissa bits, round to nearest
+    qc, sc = quantized_linear.quantize(t, torch.int8, 1)  # per column
+    assert sc.shape == (3,) and qc[:, 0].tolist() == [1, 127]
+
+
 @interpreter
 @pytest.mark.parametrize(
     "rows,vocab,dtype,weighted",
@@ -449,6 +580,29 @@ def test_flash_attention_fp32_precision_gpu(allow_tf32, scale):
     u = 2**-11 if allow_tf32 else 2**-24
     check_flash_attention(1, 2, 1000, 64, torch.float32, True, "cuda", RTOL[torch.float32], scale=scale,
                           allow_tf32=allow_tf32, u=u)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_block_sparse_attention_gpu(head_dim, dtype):
+    check_block_sparse_attention(2, 4, 2000, head_dim, dtype, True, BSA(), "cuda", RTOL[dtype])
+    check_block_sparse_attention(
+        1, 2, 1000, head_dim, dtype, False, BSA(block=128, stride=3), "cuda", RTOL[dtype]
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "kind,scaling,grad", [("fp8", "row", "e5m2"), ("fp8", "tensor", "bf16"), ("int8", "row", "e5m2")]
+)
+def test_quantized_linear_gpu(kind, scaling, grad):
+    if kind == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 tensor cores need sm_89+")
+    check_quantized_linear(kind, 1000, 768, 3072, torch.bfloat16, scaling, grad, "cuda")
+    check_quantized_linear(kind, 333, 200, 130, torch.float32, scaling, grad, "cuda")
 
 
 @pytest.mark.gpu
