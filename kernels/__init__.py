@@ -11,6 +11,7 @@ tests and small checks only). Each op lives in one module beside its reference:
 - norms.py           -- fused RMSNorm / LayerNorm forward and backward
 - quantized_linear.py -- fp8 and int8 linear layers on one scaled Triton matmul
 - optimizer_steps.py -- fused AdamW and Lion steps over flat buffers
+- cuda_lion.py       -- the Lion step in CUDA C++ (load_inline), backend "cuda" of lion_step
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from benchbed.kernels import (
     block_sparse_attention,
     cross_entropy,
+    cuda_lion,
     flash_attention,
     norms,
     optimizer_steps,
@@ -30,7 +32,7 @@ from benchbed.kernels import (
 )
 from benchbed.kernels._triton import HAS_TRITON, AotConfig, TritonUnavailable
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "cuda")  # cuda: CUDA C++ extensions (lion_step)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def cuda_available() -> bool:
 
 
 def resolve_backend(backend: str = "auto", device: torch.device | str | None = None) -> str:
-    """The concrete backend ('reference' or 'triton') that ``get`` would use."""
+    """The concrete backend ('reference', 'triton' or 'cuda') that ``get`` would use."""
     if backend not in BACKENDS:
         raise ValueError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
     if backend != "auto":
@@ -182,9 +184,9 @@ register(
     KernelOp(
         "lion_step",
         optimizer_steps.lion_step_reference,
-        _triton_backends(optimizer_steps.lion_step_triton),
+        {**_triton_backends(optimizer_steps.lion_step_triton), "cuda": cuda_lion.lion_step_cuda},
         dtypes=("params fp32/bf16/fp16, states fp32",),
-        description="one fused Lion launch over flat buffers (Chen et al. 2023)",
+        description="one fused Lion launch over flat buffers (Chen et al. 2023); cuda: CUDA C++ via load_inline",
     )
 )
 

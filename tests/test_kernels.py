@@ -51,7 +51,9 @@ def test_auto_picks_reference_without_cuda(monkeypatch):
 def test_get_refuses_unknown_op_and_backend():
     with pytest.raises(KeyError, match="unknown kernel op 'softmax'"):
         kernels.get("softmax")
-    with pytest.raises(ValueError, match="backend 'cuda'"):
+    with pytest.raises(ValueError, match="backend 'tpu'"):
+        kernels.get("rms_norm", "tpu")
+    with pytest.raises(KeyError, match="no backend 'cuda'"):
         kernels.get("rms_norm", "cuda")
 
 
@@ -397,6 +399,53 @@ def test_fused_optimizer_lion_follows_the_paper_update():
     for p, p0, g in zip(params, before, grads, strict=True):
         # first step, zero momentum: update = sign((1 - beta1) * g) = sign(g)
         torch.testing.assert_close(p.detach(), p0 - 0.01 * torch.sign(g), rtol=0, atol=1e-7)
+
+
+def test_lion_cuda_backend_is_registered_and_says_why_it_cannot_build():
+    from benchbed.kernels import cuda_lion
+
+    assert kernels.get("lion_step", "cuda") is cuda_lion.lion_step_cuda
+    assert "CUDA C++" in kernels.REGISTRY["lion_step"].description
+    ok, why = cuda_lion.cuda_extension_status()
+    if ok:
+        pytest.skip(f"nvcc and CUDA are here ({why}): the gpu test builds the extension")
+    assert why  # e.g. "torch ... is not a CUDA build", "nvcc not found"
+    with pytest.raises(cuda_lion.CudaExtensionUnavailable, match="backend 'cuda'"):
+        cuda_lion.lion_step_cuda(torch.zeros(3), torch.zeros(3), torch.zeros(3), 0.1, (0.9, 0.99), 0.0)
+    for options, match in (
+        ({"backend": "cuda"}, "lion"),
+        ({"backend": "cuda", "algorithm": "adamw"}, "lion"),
+    ):
+        with pytest.raises(TechniqueError, match=match):
+            build_config(TECHNIQUES["fused_optimizer"], options, "techniques.fused_optimizer")
+    lion_cuda = technique("fused_optimizer", algorithm="lion", backend="cuda")
+    with pytest.raises(TechniqueError, match="needs a CUDA device"):
+        lion_cuda.validate({"device": "cpu", "launched": False})
+    with pytest.raises(TechniqueError, match="cannot be built here"):
+        lion_cuda.validate({"device": "cuda", "launched": True})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lion_cuda_extension_matches_reference_gpu(dtype):
+    from benchbed.kernels import cuda_lion
+
+    ok, why = cuda_lion.cuda_extension_status()
+    if not ok:
+        pytest.skip(f"CUDA C++ extension not buildable: {why}")
+    gen = torch.Generator().manual_seed(4)
+    n = 1_000_003
+    p = torch.randn(n, generator=gen).to("cuda", dtype)
+    m = torch.randn(n, generator=gen).cuda() * 0.1
+    for _ in range(3):
+        g = torch.randn(n, generator=gen).to("cuda", dtype)
+        p64, m64 = p.double(), m.double()
+        cuda_lion.lion_step_cuda(p, g, m, 1e-3, (0.9, 0.99), 0.1)
+        optimizer_steps.lion_step_reference(p64, g.double(), m64, 1e-3, (0.9, 0.99), 0.1)
+        torch.testing.assert_close(m.double(), m64, rtol=1e-6, atol=1e-7)
+        tol = 1e-6 if dtype == torch.float32 else 2**-8
+        torch.testing.assert_close(p.double(), p64, rtol=tol, atol=tol)
 
 
 def test_fused_optimizer_config_is_validated():
