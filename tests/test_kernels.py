@@ -520,7 +520,9 @@ def test_kernels_bench_cli_bad_input(tmp_path, capsys):
 
 
 # -- the train loop with every hardware technique on the CPU -------------------------------------
-def _train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> tuple[dict, TrainContext]:
+def _train_lm_tiny(
+    names: list[str], steps: int, device: str = "cpu", options: dict | None = None
+) -> tuple[dict, TrainContext]:
     from benchbed.telemetry import Telemetry
     from benchbed.train import build, train
 
@@ -531,9 +533,15 @@ def _train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> tuple[d
         budget_tokens=None, budget_steps=steps, budget_seconds=None, eval_every_tokens=10**9, target_loss=0.0,
         stop_at_target=False,
     )  # fmt: skip
-    techniques = [TECHNIQUES[n](build_config(TECHNIQUES[n], {}, f"techniques.{n}")) for n in names]
+    options = options or {}
+    techniques = [
+        TECHNIQUES[n](build_config(TECHNIQUES[n], options.get(n, {}), f"techniques.{n}")) for n in names
+    ]
     if not any(t.provides_optimizer for t in techniques):
         techniques.append(TECHNIQUES["adamw"]())
+    for t in techniques:
+        t.validate({"device": device, "launched": True})
+        t.configure(run)
     ctx = TrainContext(run, w, techniques)
     build(ctx)
     return train(ctx, w.make_data(), Telemetry(run.device, "test")), ctx
@@ -575,3 +583,37 @@ def test_fused_optimizer_state_dict_round_trip_continues_identically():
         opt.step()
     for p, q in zip(model_a.parameters(), model_b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+# lm-tiny has 63 tokens: 16-token blocks give the block-sparse pattern something to skip
+NEW_HARDWARE_OPTIONS = {"block_sparse_attention": {"block": 16, "global_blocks": 1, "random_blocks": 1}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("names", [["block_sparse_attention"], ["fp8_linear"], ["int8_linear"]])
+def test_new_hardware_techniques_train_on_cpu_with_references(names):
+    options = {
+        **NEW_HARDWARE_OPTIONS,
+        "fp8_linear": {"backend": "reference"},
+        "int8_linear": {"backend": "reference"},
+    }
+    result, ctx = _train_lm_tiny(names, steps=12, options=options)
+    first, last = result["curves"][0]["val_loss"], result["curves"][-1]["val_loss"]
+    assert math.isfinite(last) and last < first - 0.3, (first, last)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "names",
+    [["block_sparse_attention"], ["fp8_linear"], ["int8_linear"], ["semi_structured_sparsity"],
+     ["bf16_autocast", "fp8_linear"], ["flash_attention", "fused_norm", "fused_cross_entropy"]],
+)  # fmt: skip
+def test_hardware_techniques_train_on_cuda(names):
+    if "fp8_linear" in names and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89+")
+    result, ctx = _train_lm_tiny(names, steps=20, device="cuda", options=NEW_HARDWARE_OPTIONS)
+    first, last = result["curves"][0]["val_loss"], result["curves"][-1]["val_loss"]
+    assert math.isfinite(last) and last < first - 0.3, (first, last)
+    backends = {k: v for k, v in ctx.run.extra.items() if k.startswith("kernel_backend.")}
+    assert all(v == "triton" for v in backends.values()), backends
