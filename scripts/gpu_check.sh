@@ -7,11 +7,12 @@
 # of this checkout), and runs only code paths that import none of those packages.
 #
 # Steps (each with its own time limit; one failing does not stop the others):
-#   install       pip install --no-deps --no-build-isolation -e . (fallback: shadow tree)     <=  60 s
-#   tests         every gpu-marked test: kernels vs float64, CUDA C++ Lion, telemetry, training <= 150 s
-#   bench         the kernel sweep (benchbed kernels bench) -> kernels.parquet                <=  90 s
-#   aot           the ahead-of-time report for this GPU's arch and sm_80 -> aot.json           <=  60 s
-#   scenario      lm-tiny on the GPU with every hardware technique in training, NVML energy  <= 150 s
+#   install       pip install --no-deps --no-build-isolation -e . (fallback: shadow tree)     <=  30 s
+#   tests         every gpu-marked test: kernels vs float64, CUDA C++ Lion, telemetry, training <= 140 s
+#   bench         the kernel sweep (benchbed kernels bench) -> kernels.parquet                <=  80 s
+#   aot           the ahead-of-time report for this GPU's arch and sm_80 -> aot.json           <=  50 s
+#   scenario      lm-tiny on the GPU with every hardware technique in training, NVML energy  <= 140 s
+# (440 s of step limits, plus a few seconds of device probing and archiving: under 8 minutes)
 #
 # $OUT receives at most 8 files, none in a subfolder: summary.txt, tests-gpu.xml, kernels.parquet,
 # aot.json, scenario.tar.gz (the results directory), logs.tar.gz (every step's log). The Triton and
@@ -62,7 +63,7 @@ install_shadow_tree() {  # benchbed's package-dir mapping by symlinks, importabl
   for sub in techniques kernels scenarios dashboard; do ln -s "$REPO/$sub" "$site/benchbed/$sub"; done
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 }
-if ! step install 60 "$PYTHON" -m pip install --no-deps --no-build-isolation --no-index -e "$REPO"; then
+if ! step install 30 "$PYTHON" -m pip install --no-deps --no-build-isolation --no-index -e "$REPO"; then
   say "install: pip could not install the checkout; importing it from a shadow tree instead"
   install_shadow_tree
   status=0  # the fallback is not a failure of the check
@@ -98,14 +99,14 @@ PY
 
 # -- tests -------------------------------------------------------------------------------------------
 tests=(test_kernels_triton.py test_kernels.py test_kernels_compile.py test_telemetry_gpu.py test_techniques_train.py)
-step tests 150 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -c "$REPO/pyproject.toml" --rootdir "$REPO" \
+step tests 140 "$PYTHON" -m pytest -v --tb=short -m gpu -p no:cacheprovider -c "$REPO/pyproject.toml" --rootdir "$REPO" \
   --junitxml="$OUT/tests-gpu.xml" "${tests[@]/#/$REPO/tests/}"
 
 # -- kernel sweep ------------------------------------------------------------------------------------
 if [ "$DEVICE" = cuda ]; then
-  step bench 90 "$PYTHON" -m benchbed.kernels.cli bench --out "$WORK/bench" --repeats 10
+  step bench 80 "$PYTHON" -m benchbed.kernels.cli bench --out "$WORK/bench" --repeats 10
 else
-  step bench 90 "$PYTHON" -m benchbed.kernels.cli bench --out "$WORK/bench" --repeats 2 --cpu \
+  step bench 80 "$PYTHON" -m benchbed.kernels.cli bench --out "$WORK/bench" --repeats 2 --cpu \
     --ops block_sparse_attention,fp8_linear,int8_linear
 fi
 [ -f "$WORK/bench/kernels.parquet" ] && cp "$WORK/bench/kernels.parquet" "$OUT/kernels.parquet"
@@ -115,24 +116,24 @@ archs=90,80
 if [ "$DEVICE" = cuda ]; then
   arch="$("$PYTHON" -c 'import torch; p = torch.cuda.get_device_properties(0); print(p.major * 10 + p.minor)')"
   case "$arch" in 80) archs=80 ;; 90) archs=90,80 ;; *) archs=90,80 ;; esac
-  step aot 60 "$PYTHON" -m benchbed.kernels.cli report --arch "$archs" --jobs "$(nproc)" --json "$OUT/aot.json"
+  step aot 50 "$PYTHON" -m benchbed.kernels.cli report --arch "$archs" --jobs "$(nproc)" --json "$OUT/aot.json"
 else
-  step aot 60 "$PYTHON" -m benchbed.kernels.cli report --arch 90 --op "*8_linear" --jobs 2 --json "$OUT/aot.json"
+  step aot 50 "$PYTHON" -m benchbed.kernels.cli report --arch 90 --op "*8_linear" --jobs 2 --json "$OUT/aot.json"
 fi
 
 # -- the quick workload with every hardware technique in training ---------------------------------------
 scenario="$WORK/quick-hardware.toml"
 if [ "$DEVICE" = cuda ]; then
-  budget='seconds = 10'
-  techniques='"adamw", "adamw+flash_attention", "adamw+block_sparse_attention", "adamw+fused_norm",
-  "adamw+fused_cross_entropy", "fused_optimizer", "adamw+fp8_linear", "adamw+int8_linear",
+  budget='seconds = 4'
+  techniques='"adamw", "fused_optimizer+flash_attention+fused_norm+fused_cross_entropy",
+  "adamw+block_sparse_attention", "adamw+fp8_linear", "adamw+int8_linear",
   "adamw+semi_structured_sparsity", "adamw+bf16_autocast+fp8_linear"'
   optimizer_axis='"fused_optimizer.backend" = ["triton", "cuda"]'
   low_precision_backend='auto'
 else  # the CPU runs references; 2:4 sparsity and the CUDA C++ step are refused there by design
   budget='steps = 3'
-  techniques='"adamw", "adamw+flash_attention", "adamw+block_sparse_attention", "adamw+fused_norm",
-  "adamw+fused_cross_entropy", "fused_optimizer", "adamw+fp8_linear", "adamw+int8_linear"'
+  techniques='"adamw", "fused_optimizer+flash_attention+fused_norm+fused_cross_entropy",
+  "adamw+block_sparse_attention", "adamw+fp8_linear", "adamw+int8_linear"'
   optimizer_axis=''
   low_precision_backend='reference'
 fi
@@ -144,7 +145,7 @@ device = "$DEVICE"
 seeds = [0]
 baseline = "adamw"
 stop_at_target = true
-timeout_s = 120
+timeout_s = 60
 
 [budget]
 $budget
@@ -168,7 +169,7 @@ backend = "$low_precision_backend"
 backend = "$low_precision_backend"
 TOML
 # the runner API directly: `benchbed run` would print its table with rich, which the image lacks
-step scenario 150 "$PYTHON" - "$scenario" "$WORK/scenario" <<'PY'
+step scenario 140 "$PYTHON" - "$scenario" "$WORK/scenario" <<'PY'
 import sys
 from benchbed import config, store
 from benchbed.runner import run_scenario
