@@ -192,9 +192,15 @@ def launch_config(
     and fails on any spill (`benchbed kernels report` shows registers and spills)."""
     if dtype == torch.float32 and precision == "ieee":
         # FMA dots hold the whole product tile in registers. Found by compiling candidates for every
-        # head dim, sm_90/sm_80 and both hint sets: 32x32 spilled up to 784 bytes at D=128, 16x32
-        # spilled 88-312 bytes in the forward (D >= 64, strided q/k/v) and 8 in dK/dV (D=32, sm_80)
-        table = {"fwd": (16, 16, 4), "dkdv": (16, 16, 4), "dq": (16, 32, 4)}
+        # head dim, sm_90/sm_80 and both hint sets: 32x32 spilled up to 784 bytes at D=128; 16x32
+        # spilled 88-312 bytes in the forward at D >= 64 and 8 in dK/dV at D=32 on sm_80, where 16x16
+        # is clean -- but 16x16 dK/dV spills 8 bytes at D=64 on sm_80 (register allocation is not
+        # monotonic in the tile), so the dK/dV tile depends on the head dim
+        table = {
+            "fwd": (16, 16, 4),
+            "dkdv": (16, 16, 4) if head_dim == 32 else (16, 32, 4),
+            "dq": (16, 32, 4),
+        }
         return _as_launch(table)
     if dtype == torch.float32:
         if head_dim <= 64:
