@@ -118,7 +118,7 @@ if [ "$DEVICE" = cuda ]; then
   case "$arch" in 80) archs=80 ;; 90) archs=90,80 ;; *) archs=90,80 ;; esac
   step aot 50 "$PYTHON" -m benchbed.kernels.cli report --arch "$archs" --jobs "$(nproc)" --json "$OUT/aot.json"
 else
-  step aot 50 "$PYTHON" -m benchbed.kernels.cli report --arch 90 --op "*8_linear" --jobs 2 --json "$OUT/aot.json"
+  step aot 50 "$PYTHON" -m benchbed.kernels.cli report --arch 90 --op int8_linear --jobs 2 --json "$OUT/aot.json"
 fi
 
 # -- the quick workload with every hardware technique in training ---------------------------------------
