@@ -41,11 +41,11 @@ def test_true_reward_is_the_fraction_of_good_tokens_and_pairs_are_ranked_by_it()
 # -- DPO -------------------------------------------------------------------------------------------
 def test_dpo_loss_equals_the_hand_computed_value():
     policy_chosen, policy_rejected = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -1.0])
-    reference_chosen, reference_rejected = torch.tensor([-1.5, -2.0]), torch.tensor([-1.5, -2.0])
-    # pair 1: margin (-1 + 1.5) - (-2 + 1.5) = 1, beta 0.5 -> log(1 + e^-0.5) = 0.474077
-    # pair 2: margin (-3 + 2) - (-1 + 2) = -2 -> log(1 + e^1) = 1.313262
+    reference_chosen, reference_rejected = torch.tensor([-1.5, -2.5]), torch.tensor([-1.0, -2.0])
+    # pair 1: margin (-1 + 1.5) - (-2 + 1) = 1.5, beta 0.5 -> log(1 + e^-0.75) = 0.386871
+    # pair 2: margin (-3 + 2.5) - (-1 + 2) = -1.5 -> log(1 + e^0.75) = 1.136871
     loss = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5)
-    assert float(loss) == pytest.approx((0.474077 + 1.313262) / 2, abs=1e-6)
+    assert float(loss) == pytest.approx((0.386871 + 1.136871) / 2, abs=1e-6)
 
 
 def test_response_logprobs_sum_only_the_response_tokens():
@@ -137,7 +137,7 @@ def test_the_runner_runs_earlier_stages_first(tmp_path):
     path = tmp_path / "pipe.toml"
     path.write_text(PIPELINE + '[[include]]\nworkload = "rlhf-test-rm"\ntechniques = "adamw"\n')
     scenario = plan.load(str(path))
-    scenario.cells.reverse()  # whatever order the scenario lists them in
+    assert [c.workload for c in scenario.cells] == ["rlhf-test", "rlhf-test-rm"]  # the file's order
     todo, _ = runner_plan(scenario, tmp_path / "out")
     assert [c.workload for c in todo] == ["rlhf-test-rm", "rlhf-test"]
 
