@@ -70,7 +70,8 @@ class RewardModel(nn.Module):
         return self.score(h).squeeze(-1).view(shape[:-1])
 
     def flops_per_token(self) -> float:
-        return 6.0 * sum(p.numel() for p in self.parameters())
+        """Training FLOPs per sequence token: the body's formula plus the scalar head."""
+        return self.body.flops_per_token() + 6.0 * self.score.weight.numel()
 
 
 def response_logprobs(model: nn.Module, seqs: torch.Tensor, prompt_len: int) -> torch.Tensor:
@@ -144,7 +145,7 @@ class RewardModelWorkload(Workload):
 
     def flops_per_token(self, model) -> float:
         inner = getattr(model, "module", model)
-        return 2 * (self.task.length) * inner.flops_per_token()  # two sequences of L tokens per pair
+        return 2 * self.task.length * inner.flops_per_token()  # a pair: two sequences of L tokens
 
     def result_columns(self, model) -> dict[str, Any]:
         return {"reward_accuracy": self.last.get("reward_accuracy", math.nan)}
