@@ -11,6 +11,7 @@ the baseline optimizer's: a scenario overrides them per cell.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -129,8 +130,6 @@ class Workload:
     def with_inputs(self, base_path: str | None, inputs: dict[str, str]) -> Workload:
         """This workload bound to its pretrained base checkpoint and its earlier stages'
         checkpoints (workload name -> directory); `build_model` and the losses read them."""
-        import dataclasses
-
         return dataclasses.replace(self, base_path=base_path, input_paths=tuple(sorted(inputs.items())))
 
     def input_path(self, name: str) -> Path:
