@@ -31,7 +31,6 @@ CPU_TECHNIQUES = [
     "layer_drop",
     "token_dropping",
     "grad_norm_sampling",
-    "lora",
     "fp16_autocast",
     "bf16_autocast",
     "activation_checkpointing",

@@ -19,6 +19,12 @@ from benchbed.techniques import CATEGORIES, REGISTRY
 from benchbed.workloads import WORKLOADS
 
 
+def stage_dir(workload: str, config_key: str, seed: int, repeat: int) -> str:
+    """A stage checkpoint's directory under the results directory: keyed by the producing cell's
+    configuration, seed and repeat, so a changed stage never feeds a later one stale weights."""
+    return f"artifacts/stages/{workload}/{config_key}-s{seed}-r{repeat}"
+
+
 def lifecycle_order(names) -> tuple[str, ...]:
     return tuple(sorted(names, key=lambda n: (CATEGORIES.index(REGISTRY[n].category), n)))
 
@@ -52,13 +58,16 @@ class Cell:
     data: dict[str, Any] = field(default_factory=dict)
     base_dir: str = "."
     baseline: str = ""
+    # earlier pipeline stages this cell reads: workload name -> the config_key of the cell (same
+    # seed and repeat) that trains it (plan/stages.py links them; part of the configuration)
+    inputs: dict[str, str] = field(default_factory=dict)
     # technique -> its typed config (every technique of the cell); not part of the identity, which
     # `options` already fixes
     configs: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def config(self) -> dict[str, Any]:
         """Everything that defines the configuration, without seed and repeat."""
-        return {
+        config = {
             "workload": self.workload,
             "data": self.data,
             "techniques": list(self.techniques),
@@ -75,6 +84,18 @@ class Cell:
             "stop_at_target": self.stop_at_target,
             "device": self.device,
         }
+        if self.inputs:  # only stages have inputs: every other cell keeps its config_key
+            config["inputs"] = dict(sorted(self.inputs.items()))
+        return config
+
+    def input_dir(self, name: str) -> str:
+        """Where the checkpoint of input stage `name` lives, relative to the results directory."""
+        return stage_dir(name, self.inputs[name], self.seed, self.repeat)
+
+    @property
+    def output_dir(self) -> str:
+        """Where this cell saves its trained model when a later stage reads it."""
+        return stage_dir(self.workload, self.config_key, self.seed, self.repeat)
 
     def technique(self, name: str):
         """A fresh instance of technique `name` with this cell's config."""

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from benchbed.plan import stages
 from benchbed.plan.cell import Cell, lifecycle_order
 from benchbed.plan.scenario import ScenarioError, ScenarioSpec, _Checker, suggest
 from benchbed.techniques import REGISTRY, TechniqueError, build_config
@@ -210,9 +211,14 @@ def expand(spec: ScenarioSpec) -> Scenario:
     cells = list(unique.values())
     if not cells:
         raise ck.fail("matrix", "no cells: every cell was excluded")
+    cells = stages.link(cells, ck.fail)  # later pipeline stages name the cells they read
 
     for c in cells:
         cell_view = {**c.view(), "launched": False}
+        try:
+            WORKLOADS[c.workload].validate(cell_view)
+        except ValueError as exc:
+            raise ck.fail("workload", str(exc)) from None
         for tname in c.techniques:
             try:
                 c.technique(tname).validate(cell_view)

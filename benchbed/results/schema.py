@@ -28,7 +28,7 @@ class Column:
     name: str
     kind: str  # str | int | float | bool (JSON strings are kind str, named *_json)
     meaning: str
-    group: str  # identity | outcome | timing | energy | memory | model | provenance
+    group: str  # identity | outcome | stages | timing | energy | memory | model | provenance
 
     @property
     def empty(self) -> Any:
@@ -84,6 +84,22 @@ CELL_COLUMNS: list[Column] = [
         energy_to_target_j  float  energy inside the training windows by then
         steps  float  optimizer steps taken
         tokens  float  tokens trained on
+        """,
+    ),
+    *_columns(
+        "stages",
+        """
+        base_key  str  the pretrained base the cell fine-tuned (workload-hash), None without one
+        base_reused  bool  the base came from the results directory's cache (False: this cell pretrained it)
+        pretrain_time_s  float  one-off training time of the base (shared by every cell with this base_key; not in time_to_target_s)
+        pretrain_energy_j  float  one-off training energy of the base (as pretrain_time_s; NaN where not measured)
+        pretrain_tokens  float  tokens the base was pretrained on
+        stage_inputs_json  str  the earlier stages this cell read: workload -> their cell, status, time and energy to target (JSON)
+        pipeline_time_to_target_s  float  time to target of this stage plus every earlier stage's (NaN if one did not reach its target)
+        pipeline_energy_to_target_j  float  energy to target summed the same way
+        reward_accuracy  float  reward model: accuracy on held-out ranked pairs at the last evaluation
+        mean_true_reward  float  policy: mean hidden (true) reward of its samples at the last evaluation
+        kl_to_reference  float  policy: KL(policy || reference) per response in nats at the last evaluation
         """,
     ),
     *_columns(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchbed import SCHEMA_VERSION
 from benchbed.measure.idle import measure_idle_power
-from benchbed.plan import Cell, Scenario
+from benchbed.plan import Cell, Scenario, stages
 from benchbed.results import store
 from benchbed.results.schema import FAILED_STATUSES, now_iso
 from benchbed.run.environment import environment
@@ -53,7 +53,7 @@ def plan(
             if fnmatch.fnmatch(c.cell_id, only) or fnmatch.fnmatch(c.variant, only) or only in c.cell_id
         ]
     todo, done = [], []
-    for c in cells:
+    for c in stages.order(cells):  # earlier pipeline stages first (plan/stages.py)
         row = done_rows.get(c.cell_id)
         if row is None or (retry_failed and row.get("status") in FAILED_STATUSES):
             todo.append(c)

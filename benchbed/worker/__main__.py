@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     try:
-        row, curves, telemetry = train_cell(spec, emit=emit if leader else lambda event: None)
+        row, curves, telemetry = train_cell(
+            spec, emit=emit if leader else lambda event: None, out_dir=out_dir
+        )
     except DataError as exc:
         if leader:
             row = failure_row(identity_row(spec), "error", str(exc))

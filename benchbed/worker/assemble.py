@@ -51,16 +51,7 @@ def build(ctx: TrainContext) -> None:
     ordered = [t for t in ctx.techniques if not t.wraps_model] + [t for t in ctx.techniques if t.wraps_model]
     for t in ordered:
         ctx.model = t.build_model(ctx.model, ctx)
-    params = [p for p in ctx.model.parameters() if p.requires_grad]
-    for t in ctx.techniques:
-        opt = t.build_optimizer(params, ctx)
-        if opt is not None:
-            ctx.optimizer = opt
-            break
-    if ctx.optimizer is None:
-        raise RuntimeError("no technique supplied an optimizer (the runner adds adamw by default)")
-    for group in ctx.optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
+    ctx.make_optimizer()
     if run.grad_scaling:
         ctx.scaler = torch.amp.GradScaler(run.device.type)
 

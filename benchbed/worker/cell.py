@@ -13,6 +13,7 @@ import os
 import platform
 import time
 import traceback
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -21,6 +22,7 @@ from benchbed.measure.flops import mfu
 from benchbed.measure.telemetry import Telemetry
 from benchbed.plan import Cell
 from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
+from benchbed.worker import artifacts
 from benchbed.worker.assemble import build, default_device, run_settings
 from benchbed.worker.context import TrainContext
 from benchbed.worker.loop import seed_everything, train
@@ -59,14 +61,25 @@ def identity_row(spec: dict) -> dict:
     )
 
 
-def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Run one cell in this process: (cells row, curves frame, telemetry frame)."""
+def train_cell(
+    spec: dict, emit=lambda event: None, out_dir: Path | None = None
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Run one cell in this process: (cells row, curves frame, telemetry frame). `out_dir` is the
+    results directory, where pretrained bases and stage checkpoints live (worker/artifacts.py)."""
     wall0 = time.perf_counter()
     row = identity_row(spec)
     cell = Cell.from_spec(spec)
     device = default_device(cell.device)
     seed_everything(cell.seed, device)
     workload = WORKLOADS[cell.workload].with_data(cell.data, cell.base_dir)
+    artifacts_dir = None if out_dir is None else Path(out_dir) / "artifacts"
+    # inputs first (a missing stage fails before anything trains), then the base (off the clock)
+    input_paths, input_metas = artifacts.stage_inputs(cell, artifacts_dir)
+    base = artifacts.ensure_base(workload, device, artifacts_dir) if workload.base is not None else None
+    if base is not None or input_paths:
+        workload = workload.with_inputs(base.path if base else None, input_paths)
+        row.update(base.columns() if base else {})
+        seed_everything(cell.seed, device)
     techniques = [cell.technique(n) for n in cell.techniques]
     run = run_settings(
         workload,
@@ -130,6 +143,10 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
     row["error"] = outcome.get("error")
     model = ctx.model
     flops_per_token = workload.flops_per_token(model)
+    row.update(workload.result_columns(model))
+    row.update(artifacts.pipeline_columns(row, input_metas))
+    if workload.saves_checkpoint and artifacts_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        artifacts.save_stage(model, cell, artifacts_dir, row)
     row.update(
         params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -81,6 +81,29 @@ class TrainContext:
         self.tokens = 0
         self.train_time_s = 0.0
 
+    def make_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer of the model's trainable parameters, from the first technique that supplies
+        one; sets it as `self.optimizer` and returns the one it replaces (None at the start)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        previous = self.optimizer
+        for t in self.techniques:
+            opt = t.build_optimizer(params, self)
+            if opt is not None:
+                self.optimizer = opt
+                break
+        if self.optimizer is previous:
+            raise RuntimeError("no technique supplied an optimizer (the runner adds adamw by default)")
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        return previous
+
+    def replace_model(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Train `model` from the next step on (a technique that rebuilds the network mid-run: a
+        compressed model, a structured ticket): a new optimizer is built for it through the
+        techniques; the old one is returned so its state can be carried over."""
+        self.model = model
+        return self.make_optimizer()
+
     # -- primitives ----------------------------------------------------------------------------
     def autocast(self):
         if self.run.autocast_dtype is None:

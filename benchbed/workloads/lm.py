@@ -120,7 +120,7 @@ def _markov(vocab: int, prefix: int) -> Callable[[], DataSource]:
     return lambda: MarkovCopySource(vocab_size=vocab, prefix_len=prefix)
 
 
-register(
+LM_TINY = register(
     LanguageModelWorkload(
         name="lm-tiny",
         description="2-layer GPT (d=64) on the synthetic Markov+copy corpus; one cell trains in under a minute on 2 CPU cores",
@@ -137,7 +137,7 @@ register(
         val_sequences=256,
     )
 )
-register(
+LM_SMALL = register(
     LanguageModelWorkload(
         name="lm-small",
         description="GPT-2-small shape (12 layers, d=768, 12 heads, T=1023) on the synthetic corpus with a 50k vocabulary; for GPUs",
