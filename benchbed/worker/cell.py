@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
+import socket
 import time
 import traceback
 
 import pandas as pd
 import torch
 
+from benchbed.measure import carbon
 from benchbed.measure.flops import mfu
+from benchbed.measure.machine import cpu_model
 from benchbed.measure.telemetry import Telemetry
 from benchbed.plan import Cell
 from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
@@ -88,11 +90,9 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         t.validate(view)
     for t in techniques:
         t.configure(run)
-    row["device_name"] = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
+    # the host kind the gate matches cells by: the GPU's name, or the CPU's model
+    row["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    row["host"] = socket.gethostname()
     data = workload.make_data()
     if data.loss_floor is not None:
         row["loss_floor"] = float(data.loss_floor)
@@ -128,6 +128,9 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
     row.update(outcome)
     row.update(summary)
     row["error"] = outcome.get("error")
+    intensity, _ = carbon.grid_intensity(cell.grid_intensity)
+    row["grid_intensity_g_per_kwh"] = intensity
+    row["co2_kg"] = carbon.co2_kg(row.get("energy_j"), intensity)  # an estimate; NaN without energy
     model = ctx.model
     flops_per_token = workload.flops_per_token(model)
     row.update(
