@@ -61,16 +61,9 @@ def identity_row(spec: dict) -> dict:
     )
 
 
-def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Run one cell in this process: (cells row, curves frame, telemetry frame)."""
-    wall0 = time.perf_counter()
-    row = identity_row(spec)
-    cell = Cell.from_spec(spec)
-    device = default_device(cell.device)
-    seed_everything(cell.seed, device)
-    workload = WORKLOADS[cell.workload].with_data(cell.data, cell.base_dir)
-    techniques = [cell.technique(n) for n in cell.techniques]
-    run = run_settings(
+def cell_run_settings(cell: Cell, workload, device: torch.device):
+    """The run settings of a cell (the train loop's, and the profiler's short run of the same cell)."""
+    return run_settings(
         workload,
         device,
         seed=cell.seed,
@@ -85,6 +78,18 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         rank=int(os.environ.get("RANK", "0")),
     )
+
+
+def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Run one cell in this process: (cells row, curves frame, telemetry frame)."""
+    wall0 = time.perf_counter()
+    row = identity_row(spec)
+    cell = Cell.from_spec(spec)
+    device = default_device(cell.device)
+    seed_everything(cell.seed, device)
+    workload = WORKLOADS[cell.workload].with_data(cell.data, cell.base_dir)
+    techniques = [cell.technique(n) for n in cell.techniques]
+    run = cell_run_settings(cell, workload, device)
     view = {**cell.view(), "device": device.type, "launched": True}
     for t in techniques:
         t.validate(view)
