@@ -69,23 +69,71 @@ def run_cell_task(spec: dict, timeout_s: float, cell_env: dict, drop_omp: bool) 
 
 
 @dataclass
-class _Node:
+class Node:
     node_id: str
     host: str
     cpus: float
     gpus: int
-    cpu_cells: int = 0
-    gpus_used: int = 0
+    cpu_cells: int = 0  # CPU cells running on it now
+    gpus_used: int = 0  # GPUs its running GPU cells hold
 
 
-def _alive_nodes(ray) -> dict[str, _Node]:
-    nodes = {}
+class Placer:
+    """Which node a cell may start on now, by the honesty rules: a GPU cell takes whole free GPUs
+    on a node running no CPU cell; a CPU cell takes a node running no GPU cell and fewer than
+    ``cpu_cells_per_node`` CPU cells. ``place`` returns (node, gpus, cpus) and counts the cell in;
+    ``release`` counts it out."""
+
+    def __init__(self, nodes: list[Node], cpu_cells_per_node: int = 1, num_cpus: float | None = None):
+        self.nodes = {n.node_id: n for n in nodes}
+        self.cpu_cells_per_node = cpu_cells_per_node
+        self.num_cpus = num_cpus
+
+    def place(self, gpus: int) -> tuple[Node, int, float] | None:
+        """A node for a cell needing ``gpus`` GPUs (0: a CPU cell), or None while none is free;
+        LookupError when no node of the cluster could ever run it."""
+        if gpus and not any(n.gpus >= gpus for n in self.nodes.values()):
+            raise LookupError(f"no node of the Ray cluster has {gpus} GPU(s)")
+        if not gpus and not any(n.cpus >= 1 for n in self.nodes.values()):
+            raise LookupError("no node of the Ray cluster has a CPU")
+        for node in self.nodes.values():
+            if gpus and node.cpu_cells == 0 and node.gpus - node.gpus_used >= gpus:
+                node.gpus_used += gpus
+                return node, gpus, self.num_cpus or 1
+            if (
+                not gpus
+                and node.gpus_used == 0
+                and node.cpu_cells < self.cpu_cells_per_node
+                and node.cpus >= 1
+            ):
+                node.cpu_cells += 1
+                return node, 0, self.num_cpus or max(1, int(node.cpus // self.cpu_cells_per_node))
+        return None
+
+    def release(self, node_id: str, gpus: int) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.gpus_used -= gpus
+            node.cpu_cells -= 0 if gpus else 1
+
+    def refresh(self, alive: list[Node]) -> None:
+        """Forget dead nodes, add new ones, keep the counts of the living."""
+        self.nodes = {n.node_id: self.nodes.get(n.node_id, n) for n in alive}
+
+
+def _alive_nodes(ray) -> list[Node]:
+    nodes = []
     for n in ray.nodes():
         if not n.get("Alive"):
             continue
         res = n.get("Resources", {})
-        nodes[n["NodeID"]] = _Node(
-            n["NodeID"], n.get("NodeManagerHostname", "?"), float(res.get("CPU", 0)), int(res.get("GPU", 0))
+        nodes.append(
+            Node(
+                n["NodeID"],
+                n.get("NodeManagerHostname", "?"),
+                float(res.get("CPU", 0)),
+                int(res.get("GPU", 0)),
+            )
         )
     return nodes
 
@@ -126,7 +174,7 @@ def run_scenario_ray(
     meta = store.read_run_json(out_dir)
     run_id = meta.get("run_id") or uuid.uuid4().hex[:12]
     todo, done = plan(scenario, out_dir, only=only, retry_failed=retry_failed)
-    nodes = _alive_nodes(ray)
+    placer = Placer(_alive_nodes(ray), cpu_cells_per_node, num_cpus)
     meta.update(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
@@ -142,7 +190,7 @@ def run_scenario_ray(
             "address": address or "local",
             "cpu_cells_per_node": cpu_cells_per_node,
             "num_cpus": num_cpus,
-            "nodes": [{"host": n.host, "cpus": n.cpus, "gpus": n.gpus} for n in nodes.values()],
+            "nodes": [{"host": n.host, "cpus": n.cpus, "gpus": n.gpus} for n in placer.nodes.values()],
         },
         **(extra_meta or {}),
     )
@@ -168,26 +216,12 @@ def run_scenario_ray(
     def spec_of(cell: Cell) -> dict:
         return {**cell.to_spec(), "run_id": run_id, "git_sha": sha, "torch_version": meta["env"]["torch"]}
 
-    def place(cell: Cell):
-        """(node, gpus, cpus) for the cell on a free node, or None; raises LookupError if no node
-        of the cluster could ever run it."""
-        gpus = cell.world_size if cell.device == "cuda" else 0
-        if gpus and not any(n.gpus >= gpus for n in nodes.values()):
-            raise LookupError(f"no node of the Ray cluster has {gpus} GPU(s)")
-        for node in nodes.values():
-            if gpus:
-                if node.cpu_cells == 0 and node.gpus - node.gpus_used >= gpus:
-                    return node, gpus, num_cpus or 1
-            elif node.gpus_used == 0 and node.cpu_cells < cpu_cells_per_node and node.cpus >= 1:
-                return node, 0, num_cpus or max(1, int(node.cpus // cpu_cells_per_node))
-        return None
-
     task = ray.remote(run_cell_task)
     try:
         while queue or pending:
             for cell in list(queue):
                 try:
-                    placed = place(cell)
+                    placed = placer.place(cell.world_size if cell.device == "cuda" else 0)
                 except LookupError as exc:
                     queue.remove(cell)
                     record_failure(cell, spec_of(cell), "error", str(exc))
@@ -205,13 +239,11 @@ def run_scenario_ray(
                     max_retries=0,  # a lost cell is rerun by resuming, never behind the user's back
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
                 ).remote(spec_of(cell), cell.timeout_s, env, "OMP_NUM_THREADS" not in os.environ)
-                node.gpus_used += gpus
-                node.cpu_cells += 0 if gpus else 1
                 pending[ref] = (cell, node.node_id, gpus, time.perf_counter())
                 queue.remove(cell)
                 bar.cell(cell.cell_id)
             if not pending:
-                if queue:  # nothing fits although every node is free: no node with a CPU
+                if queue:  # nothing fits although every node is free (a GPU cell wider than any free node)
                     for cell in list(queue):
                         queue.remove(cell)
                         record_failure(cell, spec_of(cell), "error", "no node of the Ray cluster can run it")
@@ -219,9 +251,7 @@ def run_scenario_ray(
             ready, _ = ray.wait(list(pending), num_returns=1)
             ref = ready[0]
             cell, node_id, gpus, t0 = pending.pop(ref)
-            if node_id in nodes:
-                nodes[node_id].gpus_used -= gpus
-                nodes[node_id].cpu_cells -= 0 if gpus else 1
+            placer.release(node_id, gpus)
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:  # an exception in the task's own code
@@ -236,8 +266,7 @@ def run_scenario_ray(
                 say(
                     f"{cell.cell_id}: lost with its Ray worker ({type(exc).__name__}); not recorded, rerun to resume"
                 )
-                alive = _alive_nodes(ray)  # forget dead nodes; keep the counts of the living
-                nodes = {node_id: nodes.get(node_id, fresh) for node_id, fresh in alive.items()}
+                placer.refresh(_alive_nodes(ray))
                 continue
             store.write_part_files(out_dir, cell.cell_id, result["files"])
             store.consolidate(out_dir, tables=(store.CELLS,))
