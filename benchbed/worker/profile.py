@@ -37,6 +37,7 @@ import torch
 
 from benchbed.plan import Cell
 from benchbed.results import store
+from benchbed.results.schema import now_iso
 from benchbed.worker.assemble import build_context, default_device
 from benchbed.worker.cell import cell_run_settings
 from benchbed.worker.context import compose_step
@@ -124,6 +125,7 @@ def record(spec: dict, settings: dict, folder: Path) -> dict:
         "device": str(device),
         "torch_version": torch.__version__,
         "profiled_seconds": seconds,
+        "recorded_at": now_iso(),
         "files": sorted(p.name for p in folder.iterdir()) + [META],
         "note": "a separate short run of the cell after its timed run; not part of its numbers",
     }
