@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one run, at most about 9 minutes, everything written under $OUT:
 #   1. scripts/gpu_kernels.sh: kernel GPU tests, the kernel sweep, the AOT report        <= 6 min
-#   2. the other GPU-marked tests (telemetry's real NVML path, hardware techniques)      <= 90 s
+#   2. the other GPU-marked tests (real NVML path, hardware techniques, CUDA profiling) <= 90 s
 #   3. a small GPU scenario: the quick matrix on the GPU -> $OUT/quick (Parquet tables)   <= 90 s
 # Needs a CUDA build of torch in $PYTHON (default: python) with benchbed installed or importable
 # from this checkout. Copy $OUT to results/reference/<gpu>-<date>/ to give the dashboard real
@@ -24,7 +24,7 @@ bash scripts/gpu_kernels.sh || status=1
 
 started=$SECONDS
 timeout --kill-after=10 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
-  --junitxml="$OUT/tests-gpu-other.xml" tests/test_telemetry_gpu.py tests/test_techniques_train.py \
+  --junitxml="$OUT/tests-gpu-other.xml" tests/test_telemetry_gpu.py tests/test_techniques_train.py tests/test_profile.py \
   >"$OUT/tests-gpu-other.log" 2>&1 || status=1
 echo "gpu_check: other GPU tests in $((SECONDS - started)) s"; tail -n 3 "$OUT/tests-gpu-other.log"
 

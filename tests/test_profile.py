@@ -145,3 +145,18 @@ def test_a_profiled_cell_keeps_a_trace_recorded_after_its_row(tiny_scenario, tmp
     assert json.loads((part / "row.json").read_text()) == row
     missing = cli("profile", path, "--out", str(tmp_path / "empty"), "--only", "*adamw*")
     assert missing.returncode == 2 and "no results yet" in missing.stdout
+
+
+@pytest.mark.gpu
+def test_a_cuda_cell_keeps_a_memory_snapshot_and_kernel_events(tiny_scenario, tmp_path):
+    import pickle
+
+    path = tiny_scenario(combos='["adamw"]', seeds="[0]", extra="[profile]\nsteps = 2\nwarmup = 1\n")
+    out = tmp_path / "gpu"
+    done = cli("run", path, "--device", "cuda", "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    (part,) = (out / store.PARTS).iterdir()
+    snapshot = pickle.loads((part / "profile" / "memory_snapshot.pickle").read_bytes())
+    assert snapshot["segments"] and snapshot["device_traces"]  # allocations were recorded
+    trace = json.loads((part / "profile" / "trace.json").read_text())
+    assert any(e.get("cat") == "kernel" for e in trace["traceEvents"])  # CUDA kernels, not only CPU ops
