@@ -44,9 +44,10 @@ def test_the_scenario_value_reaches_the_cell(tiny_scenario):
     assert cell.config_key == scenario.cells[0].config_key  # where the energy came from changes no result
 
 
-def test_a_bad_environment_value_fails_the_run_at_load_time(tiny_scenario, monkeypatch, capsys):
+def test_a_bad_environment_value_fails_the_run_at_load_time(tiny_scenario, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv(carbon.ENV_VAR, "lots")
-    assert main(["run", tiny_scenario(), "--out", "never-written"]) == 2
+    assert main(["run", tiny_scenario(), "--out", str(tmp_path / "never-written")]) == 2
+    assert not (tmp_path / "never-written").exists()
     assert capsys.readouterr().err.strip() == (
         "benchbed: BENCHBED_GRID_INTENSITY: expected gCO2e/kWh as a number, got 'lots'"
     )

@@ -82,6 +82,8 @@ def synthetic_profile(directory: Path, cell_id: str) -> Path:
     folder.mkdir()
     events = [{"ph": "X", "name": "aten::mm", "cat": "cpu_op", "ts": i, "dur": 10.0 + i} for i in range(4)]
     events.append({"ph": "X", "name": "aten::add", "cat": "cpu_op", "ts": 9, "dur": 3.0})
+    events.append({"ph": "i", "name": "aten::mm", "cat": "cpu_op", "ts": 9, "dur": 500.0})  # not a span
+    events.append({"ph": "M", "name": "process_name", "args": {"name": "python"}})
     (folder / "trace.json").write_text(json.dumps({"traceEvents": events}))
     (folder / "profile.json").write_text(json.dumps({"steps": 1}))
     return folder / "trace.json"
