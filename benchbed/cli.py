@@ -70,20 +70,28 @@ def cmd_run(args) -> int:
     lost = []
     if args.backend == "ray":
         try:
-            from benchbed.run.ray_backend import run_scenario_ray
+            import ray  # noqa: F401
+
+            from benchbed.run.ray_backend import RayConnectError, run_scenario_ray
         except ImportError:
             return _bad_input("--backend ray: Ray is not installed (pip install 'benchbed[ray]')")
-        lost = run_scenario_ray(
-            scenario, out_dir, address=args.address, only=args.only, retry_failed=args.retry_failed,
-            cpu_cells_per_node=args.cpu_cells_per_node, num_cpus=args.num_cpus, progress=not args.quiet,
-            extra_meta=extra,
-        ).lost  # fmt: skip
+        try:
+            lost = run_scenario_ray(
+                scenario, out_dir, address=args.address, only=args.only, retry_failed=args.retry_failed,
+                cpu_cells_per_node=args.cpu_cells_per_node, num_cpus=args.num_cpus, progress=not args.quiet,
+                extra_meta=extra,
+            ).lost  # fmt: skip
+        except RayConnectError as exc:
+            return _bad_input(str(exc))
     else:
         run_scenario(
             scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet
         )
         if extra:
             store.atomic_write_json(out_dir / store.RUN_JSON, {**store.read_run_json(out_dir), **extra})
+    if not scenario.cells:  # an empty shard: its directory exists (merge accepts it), nothing ran
+        print(f"{scenario.name} (shard {args.shard.strip()}): no cell hashes to this shard", file=sys.stderr)
+        return EXIT_OK
     results = store.load(out_dir)
     cells = results.cells
     cells = cells[cells["cell_id"].isin({c.cell_id for c in scenario.cells})]

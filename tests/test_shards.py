@@ -179,3 +179,15 @@ def test_dry_run_of_a_shard_lists_only_its_cells(tiny_scenario, tmp_path, capsys
         capsys.readouterr().err.strip()
         == "benchbed: --shard: I must be in 0..2 (shards count from 0), got '3/3'"
     )
+
+
+def test_an_empty_shard_writes_an_empty_store_that_merge_accepts(tiny_scenario, tmp_path, capsys):
+    path = tiny_scenario()
+    cells = plan.load(path).cells
+    count = 16
+    empty = next(i for i in range(count) if not any(shards.in_shard(c, i, count) for c in cells))
+    out = tmp_path / "empty"
+    assert main(["run", path, "--shard", f"{empty}/{count}", "--out", str(out), "--quiet"]) == 0
+    assert "no cell hashes to this shard" in capsys.readouterr().err
+    assert pd.read_parquet(out / store.CELLS).empty
+    assert merge([out], tmp_path / "m")["cells"] == 0

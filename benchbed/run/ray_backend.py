@@ -138,13 +138,23 @@ def _alive_nodes(ray) -> list[Node]:
     return nodes
 
 
+class RayConnectError(RuntimeError):
+    """No Ray cluster at the address given; the message is one line."""
+
+
 def _connect(address: str | None):
     import ray
 
     if not ray.is_initialized():
         # a local cluster must not report usage to anyone: benchbed runs offline
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        except Exception as exc:  # ConnectionError, ValueError, RuntimeError: one line either way
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RayConnectError(
+                f"--address {address or 'local'}: cannot start or reach a Ray cluster ({first})"
+            ) from None
     return ray
 
 
