@@ -73,7 +73,8 @@ def cli_main(argv: list[str] | None = None) -> int:
         table.to_parquet(args.parquet, index=False)
     print(f"{len(run_table)} run(s), oldest first:")
     print(run_table[["order", "git_sha", "git_branch", "started_at", "dir"]].to_string(index=False))
-    print(f"\n{args.metric} per run (median over seeds and repeats):")
+    estimate = " -- an ESTIMATE: energy x grid intensity (docs/carbon.md)" if args.metric == "co2_kg" else ""
+    print(f"\n{args.metric} per run (median over seeds and repeats){estimate}:")
     print(_text(wide(table, args.metric), args.metric))
     trends = trend(table, args.metric)
     trends["change"] = ["" if math.isnan(v) else f"{v:+.1%}" for v in trends["change"].to_numpy(dtype=float)]
