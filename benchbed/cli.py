@@ -23,20 +23,31 @@ def _bad_input(message: str) -> int:
 
 def cmd_run(args) -> int:
     from benchbed import plan as planning
+    from benchbed.measure.carbon import CarbonError, grid_intensity
     from benchbed.present.ranked import print_ranked_table
     from benchbed.results import store
+    from benchbed.run import shards
     from benchbed.run.runner import plan, run_scenario
 
     path = planning.resolve_scenario_path(args.scenario)
     try:
         scenario = planning.load(path, device_override=args.device, repeats_override=args.repeat)
-    except planning.ScenarioError as exc:
+        grid_intensity()  # a bad BENCHBED_GRID_INTENSITY fails here, not in every cell
+        shard = shards.parse_shard(args.shard) if args.shard else None
+    except (planning.ScenarioError, CarbonError, shards.ShardError) as exc:
         return _bad_input(str(exc))
+    if args.backend != "ray" and (args.address or args.cpu_cells_per_node != 1 or args.num_cpus):
+        return _bad_input("--address, --cpu-cells-per-node and --num-cpus need --backend ray")
+    if args.cpu_cells_per_node < 1 or (args.num_cpus is not None and not args.num_cpus > 0):
+        return _bad_input("--cpu-cells-per-node and --num-cpus must be positive")
+    if shard is not None:
+        scenario = shards.select(scenario, *shard)
     out_dir = Path(args.out or os.path.join("results", scenario.name))
     if args.dry_run:
         todo, done = plan(scenario, out_dir, only=args.only, retry_failed=args.retry_failed)
         skip = {c.cell_id for c in done}
-        print(f"{scenario.name}: {len(todo) + len(done)} cell(s) -> {out_dir} ({len(done)} already done)")
+        label = f"{scenario.name} (shard {args.shard.strip()})" if shard is not None else scenario.name
+        print(f"{label}: {len(todo) + len(done)} cell(s) -> {out_dir} ({len(done)} already done)")
         for c in todo + done:
             budget = ", ".join(
                 f"{k}={v}"
@@ -55,11 +66,41 @@ def cmd_run(args) -> int:
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
         return _bad_input(f"{out_dir}: --out: exists and is not a directory")
-    run_scenario(scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet)
+    extra = {"shard": args.shard.strip()} if shard is not None else {}
+    lost = []
+    if args.backend == "ray":
+        try:
+            import ray  # noqa: F401
+
+            from benchbed.run.ray_backend import RayConnectError, run_scenario_ray
+        except ImportError:
+            return _bad_input("--backend ray: Ray is not installed (pip install 'benchbed[ray]')")
+        try:
+            lost = run_scenario_ray(
+                scenario, out_dir, address=args.address, only=args.only, retry_failed=args.retry_failed,
+                cpu_cells_per_node=args.cpu_cells_per_node, num_cpus=args.num_cpus, progress=not args.quiet,
+                extra_meta=extra,
+            ).lost  # fmt: skip
+        except RayConnectError as exc:
+            return _bad_input(str(exc))
+    else:
+        run_scenario(
+            scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet
+        )
+        if extra:
+            store.atomic_write_json(out_dir / store.RUN_JSON, {**store.read_run_json(out_dir), **extra})
+    if not scenario.cells:  # an empty shard: its directory exists (merge accepts it), nothing ran
+        print(f"{scenario.name} (shard {args.shard.strip()}): no cell hashes to this shard", file=sys.stderr)
+        return EXIT_OK
     results = store.load(out_dir)
     cells = results.cells
     cells = cells[cells["cell_id"].isin({c.cell_id for c in scenario.cells})]
     print_ranked_table(cells, f"{scenario.name}: time-to-target ({out_dir})")
+    if lost:
+        print(
+            f"benchbed: {len(lost)} cell(s) lost with their Ray worker; run again to resume", file=sys.stderr
+        )
+        return EXIT_FAIL
     errors = int((cells["status"] == "error").sum()) if "status" in cells else 0
     if errors:
         print(
@@ -168,6 +209,13 @@ DELEGATED = {
     "report": ("benchbed.present.report_html", "write a self-contained HTML report of results directories"),
     "kernels": ("benchbed.kernels.cli", "kernel sweep (bench), compile report (report), list"),
     "ab": ("benchbed.ab", "same-machine A/B: baseline and candidate source trees, interleaved"),
+    "merge": ("benchbed.present.merge_cli", "merge results directories (shards, Ray runs) into one"),
+    "history": (
+        "benchbed.present.history_cli",
+        "each configuration's metrics across runs, by commit and time",
+    ),
+    "export": ("benchbed.present.export.cli", "export results to MLflow, TensorBoard or W&B (offline)"),
+    "profile": ("benchbed.present.profile_cli", "record a profiler trace of cells, outside the timed run"),
 }
 
 
@@ -204,6 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N (0 <= I < N; by a hash of the cell id; docs/scaling.md)",
+    )
+    p.add_argument(
+        "--backend", choices=("local", "ray"), default="local", help="where cells run (default local)"
+    )
+    p.add_argument("--address", help="--backend ray: the cluster's address (default: a new local cluster)")
+    p.add_argument(
+        "--cpu-cells-per-node", type=int, default=1, metavar="K",
+        help="--backend ray: CPU cells run at once per node (default 1: co-running cells skew time and RAPL)",
+    )  # fmt: skip
+    p.add_argument("--num-cpus", type=float, metavar="N", help="--backend ray: CPUs reserved per cell")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

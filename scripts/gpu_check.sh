@@ -103,7 +103,7 @@ except Exception as exc:
 PY
 
 # -- tests -------------------------------------------------------------------------------------------
-tests=(test_kernels_triton.py test_kernels.py test_kernels_compile.py test_telemetry_gpu.py test_techniques_train.py)
+tests=(test_kernels_triton.py test_kernels.py test_kernels_compile.py test_telemetry_gpu.py test_techniques_train.py test_profile.py)
 step tests 120 "$PYTHON" -m pytest -v --tb=short -m gpu -p no:cacheprovider -c "$REPO/pyproject.toml" --rootdir "$REPO" \
   --junitxml="$OUT/tests-gpu.xml" "${tests[@]/#/$REPO/tests/}"
 

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from benchbed.present import display
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
-VIEWS = ("Leaderboard", "Curves", "Pareto", "Telemetry", "Compare", "Kernels")
+VIEWS = ("Leaderboard", "Curves", "Pareto", "Telemetry", "Profiles", "Compare", "History", "Kernels")
 
 
 @pytest.fixture(scope="module")

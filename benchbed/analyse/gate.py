@@ -81,6 +81,7 @@ DETERMINISTIC_DEVICES = ("cpu",)
 COMPARE_COLUMNS = [
     "workload",
     "device",
+    "host_kind",
     "variant",
     "config_key",
     "metric",
@@ -241,22 +242,33 @@ def _reached_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame, determi
 # -- the table-level comparison ---------------------------------------------------------------
 
 
+def host_kind(cells: pd.DataFrame) -> pd.Series:
+    """The hardware a cell's numbers belong to: its ``device_name`` (the GPU's name for a GPU cell,
+    the CPU's model for a CPU cell); "" where a table does not record it. Cells of one configuration
+    are compared only between equal host kinds: an H100 baseline says nothing about an A100 run,
+    nor one CPU model about another, whichever host or Ray node ran them."""
+    if "device_name" not in cells.columns:
+        return pd.Series("", index=cells.index, dtype=object)
+    return cells["device_name"].fillna("").astype(str)
+
+
 def compare(
     baseline_cells: pd.DataFrame,
     candidate_cells: pd.DataFrame,
     thresholds: GateThresholds | None = None,
     **options,
 ) -> pd.DataFrame:
-    """Compare two cells tables; one row per matched configuration × metric with its verdict.
+    """Compare two cells tables; one row per matched configuration × host kind × metric with its verdict.
 
-    Cells are matched by ``config_key``; seeds and repeats of one configuration are the samples.
+    Cells are matched by ``config_key`` and ``host_kind`` (GPU name or CPU model, see
+    ``host_kind``); seeds and repeats of one configuration on one host kind are the samples.
     ``thresholds`` (default ``GateThresholds()``): ``time_threshold=0.05, throughput_threshold=0.05,
     energy_threshold=0.05, memory_threshold=0.10`` (relative change of the median that counts),
     ``alpha=0.01`` (Mann-Whitney significance), ``min_samples=5`` (per side), ``count_rtol=0.0`` and
     ``loss_rtol=1e-4`` (deterministic tolerances), ``nondeterministic_threshold=0.05``. Keyword
     ``options`` with those names override single fields (``compare(a, b, time_threshold=0.1)``).
 
-    Columns (``COMPARE_COLUMNS``): ``workload, device, variant, config_key, metric, kind``
+    Columns (``COMPARE_COLUMNS``): ``workload, device, host_kind, variant, config_key, metric, kind``
     (``reached | deterministic | noisy``), ``baseline_value, candidate_value`` (medians; for
     ``reached`` the fraction of cells that reached), ``ratio`` (candidate / baseline), ``threshold,
     p_value, n_baseline, n_candidate, verdict, note``. Configurations present on only one side are
@@ -269,16 +281,20 @@ def compare(
     for name, table in (("baseline", baseline_cells), ("candidate", candidate_cells)):
         if "config_key" not in table.columns:
             raise ValueError(f"{name} cells: config_key: column missing")
-    common = sorted(set(baseline_cells["config_key"].dropna()) & set(candidate_cells["config_key"].dropna()))
+    base_kinds, cand_kinds = host_kind(baseline_cells), host_kind(candidate_cells)
+    base_groups = set(zip(baseline_cells["config_key"], base_kinds, strict=True))
+    cand_groups = set(zip(candidate_cells["config_key"], cand_kinds, strict=True))
+    common = sorted(g for g in base_groups & cand_groups if isinstance(g[0], str))
     rows = []
-    for config_key in common:
-        base = baseline_cells[baseline_cells["config_key"] == config_key]
-        cand = candidate_cells[candidate_cells["config_key"] == config_key]
+    for config_key, kind in common:
+        base = baseline_cells[(baseline_cells["config_key"] == config_key) & (base_kinds == kind)]
+        cand = candidate_cells[(candidate_cells["config_key"] == config_key) & (cand_kinds == kind)]
         first = cand.iloc[0]
         device = str(first.get("device", ""))
         label = {
             "workload": first.get("workload"),
             "device": device,
+            "host_kind": kind,
             "variant": first.get("variant", first.get("techniques")),
             "config_key": config_key,
         }
@@ -326,10 +342,18 @@ def compare(
 
 
 def unmatched(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> dict[str, list[str]]:
-    """config_keys present on only one side: ``{"baseline_only": [...], "candidate_only": [...]}``."""
+    """config_keys present on only one side (``baseline_only``, ``candidate_only``), and those on
+    both sides but never on the same host kind (``other_host_kind``), which are not compared."""
     base = set(baseline_cells["config_key"].dropna())
     cand = set(candidate_cells["config_key"].dropna())
-    return {"baseline_only": sorted(base - cand), "candidate_only": sorted(cand - base)}
+    base_groups = set(zip(baseline_cells["config_key"], host_kind(baseline_cells), strict=True))
+    cand_groups = set(zip(candidate_cells["config_key"], host_kind(candidate_cells), strict=True))
+    compared = {key for key, _ in base_groups & cand_groups}
+    return {
+        "baseline_only": sorted(base - cand),
+        "candidate_only": sorted(cand - base),
+        "other_host_kind": sorted((base & cand) - compared),
+    }
 
 
 def failed(comparison: pd.DataFrame, *, strict: bool = False) -> bool:

@@ -64,6 +64,10 @@ class Cell:
     # technique -> its typed config (every technique of the cell); not part of the identity, which
     # `options` already fixes
     configs: dict[str, Any] = field(default_factory=dict, compare=False)
+    # outside the configuration too: what the cell's process does after training (a profiler trace,
+    # plan/profile.py) and the grid intensity of its CO2 estimate; neither changes the training
+    profile: dict[str, Any] = field(default_factory=dict, compare=False)
+    grid_intensity: float | None = field(default=None, compare=False)
 
     def config(self) -> dict[str, Any]:
         """Everything that defines the configuration, without seed and repeat."""

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from benchbed.plan import profile as profiling
 from benchbed.plan import stages
 from benchbed.plan.cell import Cell, lifecycle_order
 from benchbed.plan.scenario import ScenarioError, ScenarioSpec, _Checker, suggest
@@ -242,7 +243,15 @@ def expand(spec: ScenarioSpec) -> Scenario:
                 f"'{baseline_raw}' is not a configuration of this scenario{suggest(label, set(variants))}",
             )
         baseline = baseline_raw if baseline_raw in variants else label
-    cells = [dataclasses.replace(c, baseline=baseline) for c in cells]
+    cells = [
+        dataclasses.replace(
+            c,
+            baseline=baseline,
+            profile=profiling.for_cell(spec.profile, c.cell_id, c.variant),
+            grid_intensity=spec.grid_intensity,
+        )
+        for c in cells
+    ]
     return Scenario(
         name=name, path=path, text=spec.text, cells=cells, baseline=baseline, description=spec.description
     )

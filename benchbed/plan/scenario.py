@@ -30,12 +30,17 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     [techniques.lion]               # fixed options of a technique
     beta2 = 0.98
 
+    grid_intensity_g_per_kwh = 480  # optional: for the co2_kg estimate (docs/carbon.md)
+    [profile]                       # optional: a profiler trace of each cell, outside the clock
+    steps = 5                       # (plan/profile.py)
+
     [[include]]                     # extra cells (fields: techniques, seed, batch_size, lr, workload)
     [[exclude]]                     # drop cells matching every given field
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.resources
 import math
@@ -45,6 +50,7 @@ from typing import Any
 
 import tomllib
 
+from benchbed.plan.profile import read_profile
 from benchbed.workloads import WORKLOADS
 from benchbed.workloads.data import KINDS
 
@@ -67,6 +73,8 @@ TOP_LEVEL_KEYS = {
     "techniques",
     "include",
     "exclude",
+    "profile",
+    "grid_intensity_g_per_kwh",
 }
 BUDGET_KEYS = {"tokens", "steps", "seconds"}
 DATA_KEYS = {"kind", "path"}
@@ -158,6 +166,8 @@ class ScenarioSpec:
     data: dict[str, Any]
     matrix: dict[str, Any]
     base_dir: str
+    profile: dict[str, Any] = dataclasses.field(default_factory=dict)  # plan/profile.py
+    grid_intensity: float | None = None  # gCO2e/kWh for the co2_kg estimate (measure/carbon.py)
 
     def checker(self) -> _Checker:
         return _Checker(self.path)
@@ -248,7 +258,14 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
             p = data.get("path")
             if not isinstance(p, str) or not p:
                 raise ck.fail("data.path", "a file or glob pattern is required")
+    grid = raw.get("grid_intensity_g_per_kwh")
+    if grid is not None:
+        ck.typed(grid, (int, float), "grid_intensity_g_per_kwh", "gCO2e per kWh as a number")
+        if not (math.isfinite(grid) and grid >= 0):
+            raise ck.fail("grid_intensity_g_per_kwh", f"must be a finite number >= 0, got {grid!r}")
     return ScenarioSpec(
+        profile=read_profile(ck, raw.get("profile")),
+        grid_intensity=float(grid) if grid is not None else None,
         path=path,
         text=text,
         raw=raw,

@@ -181,18 +181,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare a candidate's results with a baseline's; exit 1 on a regression.",
         epilog="Exit codes: 0 no regression, 1 regression (or insufficient data under --strict), 2 bad input.",
     )
-    parser.add_argument("baseline_dir", help="results directory of the baseline (e.g. main)")
-    parser.add_argument("candidate_dir", help="results directory of the candidate (e.g. the pull request)")
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="BASELINE_DIR CANDIDATE_DIR (e.g. main's results, then the pull request's); "
+        "only CANDIDATE_DIR with --baseline-history",
+    )
+    history = parser.add_argument_group("baseline from history")
+    history.add_argument(
+        "--baseline-history",
+        nargs="+",
+        metavar="DIR",
+        help="results directories (or folders of them) of earlier runs; the baseline pools the last --last of them",
+    )
+    history.add_argument(
+        "--last", type=int, default=5, metavar="N", help="runs the baseline pools (default 5)"
+    )
+    history.add_argument("--branch", help="only runs of this branch (run.json env.git_branch), e.g. main")
     add_gate_options(parser)
     return parser
 
 
 def run_gate(
-    args: argparse.Namespace, baseline_dir: str | Path, candidate_dir: str | Path, prog: str = PROG
+    args: argparse.Namespace,
+    baseline_dir: str | Path,
+    candidate_dir: str | Path,
+    prog: str = PROG,
+    baseline_cells: pd.DataFrame | None = None,
 ) -> int:
-    """Load, compare, write the outputs named in ``args``; the exit code (0, 1 or 2)."""
+    """Load, compare, write the outputs named in ``args``; the exit code (0, 1 or 2). Given
+    ``baseline_cells`` (pooled from history), ``baseline_dir`` is only its label."""
     try:
-        baseline_cells = load_cells(baseline_dir)
+        baseline_cells = load_cells(baseline_dir) if baseline_cells is None else baseline_cells
         candidate_cells = load_cells(candidate_dir)
         thresholds = {
             "time_threshold": args.time_threshold,
@@ -209,17 +230,19 @@ def run_gate(
         comparison = compare(baseline_cells, candidate_cells, GateThresholds(**thresholds))
         if comparison.empty:
             raise GateInputError(
-                f"{candidate_dir}: no cells in common with {baseline_dir} (matched by config_key)"
+                f"{candidate_dir}: no cells in common with {baseline_dir} "
+                "(matched by config_key on the same host kind: GPU name or CPU model)"
             )
     except GateInputError as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 2
     markdown = to_markdown(comparison, strict=args.strict)
     missing = unmatched(baseline_cells, candidate_cells)
-    if missing["baseline_only"] or missing["candidate_only"]:
+    if missing["baseline_only"] or missing["candidate_only"] or missing["other_host_kind"]:
         markdown += (
             f"\nNot compared: {len(missing['baseline_only'])} configuration(s) only in the baseline, "
-            f"{len(missing['candidate_only'])} only in the candidate.\n"
+            f"{len(missing['candidate_only'])} only in the candidate, "
+            f"{len(missing['other_host_kind'])} run on different host kinds (GPU name / CPU model).\n"
         )
     if args.markdown:
         Path(args.markdown).write_text(markdown)
@@ -240,8 +263,24 @@ def run_gate(
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_gate(args, args.baseline_dir, args.candidate_dir)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.baseline_history:
+        if len(args.dirs) != 2:
+            parser.error("give BASELINE_DIR and CANDIDATE_DIR (or CANDIDATE_DIR with --baseline-history)")
+        return run_gate(args, args.dirs[0], args.dirs[1])
+    if len(args.dirs) != 1:
+        parser.error("with --baseline-history give only CANDIDATE_DIR (after --last N, or before the option)")
+    from benchbed.analyse.history import HistoryError, baseline_cells, result_dirs
+
+    try:
+        cells, chosen = baseline_cells(result_dirs(args.baseline_history), args.last, args.branch)
+    except HistoryError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
+    label = f"the last {len(chosen)} run(s)" + (f" of {args.branch}" if args.branch else "")
+    print(f"{PROG}: baseline: {label}: {', '.join(chosen['label'])}", file=sys.stderr)
+    return run_gate(args, label, args.dirs[0], baseline_cells=cells)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,6 +129,8 @@ CELL_COLUMNS: list[Column] = [
         idle_power_w  float  device power at idle, measured before the first cell
         net_energy_j  float  energy minus idle power times window time
         power_source  str  the power reading used
+        grid_intensity_g_per_kwh  float  grid carbon intensity co2_kg assumes (gCO2e/kWh; docs/carbon.md)
+        co2_kg  float  ESTIMATE: energy_j x grid_intensity_g_per_kwh (NaN where energy is not measured)
         telemetry_window_s  float  total time inside the training windows
         sensor_errors  str  sensors that failed and why ('' when none)
         """,
@@ -158,7 +160,8 @@ CELL_COLUMNS: list[Column] = [
     *_columns(
         "provenance",
         """
-        device_name  str  GPU name, or the CPU's
+        device_name  str  GPU name, or the CPU model: the host kind the gate matches cells by
+        host  str  name of the machine the cell ran on (several with a Ray cluster or shards)
         data_fingerprint  str  hash of the data the cell trained on
         git_sha  str  commit of the benchbed that ran the cell
         torch_version  str  torch version of the cell

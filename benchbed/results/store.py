@@ -107,6 +107,33 @@ def write_part(
         raise
 
 
+def write_part_files(out_dir: Path, cell_id: str, files: dict[str, bytes]) -> Path:
+    """Write a part given as {relative path: bytes} (a part made elsewhere: a Ray worker's), as
+    atomically as `write_part`."""
+    parts = Path(out_dir) / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parts, prefix=f".{cell_id}.", suffix=".tmp"))
+    try:
+        for relative, data in files.items():
+            path = (tmp / relative).resolve()
+            if tmp.resolve() not in path.parents:
+                raise ValueError(f"part file {relative!r} of {cell_id} is outside its part")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        final = parts / cell_id
+        if final.exists():
+            old = parts / f".{cell_id}.old.{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def read_parts(out_dir: Path) -> dict[str, dict]:
     """cell_id -> row of every complete part."""
     parts = Path(out_dir) / PARTS

@@ -2,7 +2,8 @@
 
 Trains the cell the spec describes and writes ``OUT_DIR/parts/<cell_id>/`` atomically. Progress
 goes to stdout as JSON lines (``{"event": "eval", ...}``) for the runner's progress bar. Under
-torchrun only rank 0 reports and writes.
+torchrun only rank 0 reports and writes. A scenario's ``[profile]`` adds a profiler trace of the
+cell after its part is written (``worker/profile.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         print("usage: python -m benchbed.worker SPEC.json OUT_DIR", file=sys.stderr)
         return 2
+    started = time.perf_counter()
     spec = json.loads(Path(argv[0]).read_text())
     out_dir = Path(argv[1])
     threads = os.environ.get("BENCHBED_THREADS")
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if leader:
         store.write_part(out_dir, spec["cell_id"], row, curves, telemetry)
         emit({"event": "done", "status": row["status"]})
+    if spec.get("profile"):  # after the row is written: a profile never touches the timed run
+        from benchbed.worker.profile import add_profile
+
+        add_profile(out_dir, spec, spec["profile"], row, started)
     return 0
 
 

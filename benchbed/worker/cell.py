@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -18,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchbed.measure import carbon
 from benchbed.measure.flops import mfu
+from benchbed.measure.machine import cpu_model
 from benchbed.measure.telemetry import Telemetry
 from benchbed.plan import Cell
 from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
@@ -61,6 +63,25 @@ def identity_row(spec: dict) -> dict:
     )
 
 
+def cell_run_settings(cell: Cell, workload, device: torch.device):
+    """The run settings of a cell (the train loop's, and the profiler's short run of the same cell)."""
+    return run_settings(
+        workload,
+        device,
+        seed=cell.seed,
+        batch_size=cell.batch_size,
+        lr=cell.lr,
+        budget_tokens=cell.budget_tokens,
+        budget_steps=cell.budget_steps,
+        budget_seconds=cell.budget_seconds,
+        eval_every_tokens=cell.eval_every_tokens,
+        target_loss=cell.target_loss,
+        stop_at_target=cell.stop_at_target,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        rank=int(os.environ.get("RANK", "0")),
+    )
+
+
 def train_cell(
     spec: dict, emit=lambda event: None, out_dir: Path | None = None
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -81,31 +102,15 @@ def train_cell(
         row.update(base.columns() if base else {})
         seed_everything(cell.seed, device)
     techniques = [cell.technique(n) for n in cell.techniques]
-    run = run_settings(
-        workload,
-        device,
-        seed=cell.seed,
-        batch_size=cell.batch_size,
-        lr=cell.lr,
-        budget_tokens=cell.budget_tokens,
-        budget_steps=cell.budget_steps,
-        budget_seconds=cell.budget_seconds,
-        eval_every_tokens=cell.eval_every_tokens,
-        target_loss=cell.target_loss,
-        stop_at_target=cell.stop_at_target,
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
-        rank=int(os.environ.get("RANK", "0")),
-    )
+    run = cell_run_settings(cell, workload, device)
     view = {**cell.view(), "device": device.type, "launched": True}
     for t in techniques:
         t.validate(view)
     for t in techniques:
         t.configure(run)
-    row["device_name"] = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
+    # the host kind the gate matches cells by: the GPU's name, or the CPU's model
+    row["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    row["host"] = socket.gethostname()
     data = workload.make_data()
     if data.loss_floor is not None:
         row["loss_floor"] = float(data.loss_floor)
@@ -143,6 +148,9 @@ def train_cell(
     row["error"] = outcome.get("error")
     model = ctx.model
     flops_per_token = workload.flops_per_token(model)
+    intensity, _ = carbon.grid_intensity(cell.grid_intensity)
+    row["grid_intensity_g_per_kwh"] = intensity
+    row["co2_kg"] = carbon.co2_kg(row.get("energy_j"), intensity)  # an estimate; NaN without energy
     row.update(workload.result_columns(model))
     row.update(artifacts.pipeline_columns(row, input_metas))
     if workload.saves_checkpoint and artifacts_dir is not None and int(os.environ.get("RANK", "0")) == 0:
