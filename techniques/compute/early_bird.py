@@ -6,7 +6,8 @@ network stabilises early in training. Every ``check_every_frac`` of the budget (
 every epoch) it computes the magnitude-pruning mask at ``keep_frac`` and the normalised Hamming
 distance to the previous mask; it keeps the last ``window`` distances (paper: 5) and, when all of them
 are below ``epsilon`` (paper: 0.1), draws the ticket: the mask is applied and re-applied after every
-step for the rest of the budget (the pruned network keeps training from its early-bird weights).
+step for the rest of the budget (the pruned network keeps training from its early-bird weights);
+from then on the pruned weights' gradients are zeroed before clipping (`on_gradients`).
 
 Adaptation: the paper prunes channels by batch-norm scaling factors; this GPT has no batch norm, so
 the mask is unstructured magnitude pruning of the blocks' linear weights (the lottery-ticket
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from benchbed.techniques.base import Technique, register
-from benchbed.techniques.compute._masks import apply_masks, global_top_masks, prunable_weights
+from benchbed.techniques.compute._masks import apply_masks, global_top_masks, mask_gradients, prunable_weights
 
 
 def mask_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -71,6 +72,10 @@ class EarlyBird(Technique):
     def build_model(self, model, ctx):
         self.weights = prunable_weights(model)
         return model
+
+    def on_gradients(self, ctx):
+        if self.ticket is not None:
+            mask_gradients(self.weights, self.ticket)
 
     @torch.no_grad()
     def after_step(self, ctx):
