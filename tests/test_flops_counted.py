@@ -43,7 +43,9 @@ def test_counted_baseline_agrees_with_the_hand_formula():
     cfg = ctx.model.cfg
     hand = 6 * ctx.model.num_params() + 12 * cfg.n_layer * cfg.d_model * cfg.seq_len
     assert hand == ctx.model.flops_per_token()
-    assert model == pytest.approx(hand, rel=0.05)
+    # the issue asks for 5%; counted and hand agree to 0.3% here (the formula's 6N also counts the
+    # norm gains), and 1% catches a missing attention term (14% of this model's FLOPs)
+    assert model == pytest.approx(hand, rel=0.01)
     # the fused attention backward recomputes the scores: hardware work, not model work
     attention_recompute = 2 * cfg.n_layer * cfg.seq_len * cfg.d_model
     assert hardware - model == pytest.approx(attention_recompute)
