@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/validity", help="results directory (resumable)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
     parser.add_argument("--no-run", action="store_true", help="only print the tables of --out")
-    parser.add_argument("--scenario", default=str(SCENARIO), help="a smaller copy of validity.toml (smoke tests)")
+    parser.add_argument(
+        "--scenario", default=str(SCENARIO), help="a smaller copy of validity.toml (smoke tests)"
+    )
     args = parser.parse_args(argv)
     scenario = plan.load(args.scenario, device_override=args.device)
     if not args.no_run:

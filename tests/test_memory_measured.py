@@ -90,6 +90,14 @@ def test_warm_up_is_undone_exactly(names):
         assert ctx.scaler.get_scale() == scale
 
 
+def test_warm_up_runs_no_technique_hook():
+    """SNIP's scoring belongs to its first timed step, not to the excluded warm-up."""
+    ctx = context("snip", "grad_norm_sampling")
+    warm_up(ctx, lm_batch(seed=5))
+    assert ctx.techniques[0].masks is None
+    assert ctx.step == 0 and ctx.tokens == 0
+
+
 def test_clipping_ignores_pruned_weights():
     ctx = context("snip", snip={"keep_frac": 0.3})
     ctx.run.grad_clip = 1e-3  # every step clips
