@@ -114,6 +114,22 @@ def test_counting_does_not_change_the_training():
     assert all(torch.equal(a, b) for a, b in zip(w_measured, w_plain, strict=True))
 
 
+@pytest.mark.parametrize(
+    "name", ["adamw", "lion", "lars", "lamb", "nesterov", "fused_optimizer", "fp16_autocast"]
+)
+def test_every_optimizer_is_replicated_without_touching_the_real_one(name):
+    ctx = context(name, fused_optimizer={"backend": "reference"})
+    before = [p.detach().clone() for p in ctx.model.parameters()]
+    state = {
+        k: {n: v.clone() for n, v in s.items() if torch.is_tensor(v)} for k, s in ctx.optimizer.state.items()
+    }
+    m = measure_step(ctx, lm_batch())
+    assert m.optimizer_state_bytes > 0 and m.grad_bytes > 0 and m.count.model > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
+    for p, saved in state.items():
+        assert all(torch.equal(v, ctx.optimizer.state[p][n]) for n, v in saved.items())
+
+
 def test_extra_regions_nest_once():
     x = torch.randn(8, 8)
     with flops.counting() as tally:

@@ -71,11 +71,21 @@ class StepMeasurement:
 
 
 def replicate(ctx: TrainContext) -> TrainContext:
-    """A deep copy of the train context sharing only the workload (and unwrapping DDP)."""
+    """A deep copy of the train context sharing only the workload (and unwrapping DDP).
+
+    The optimizer is copied attribute by attribute: ``torch.optim.Optimizer`` pickles only its
+    defaults, state and groups, which would drop what a subclass keeps beside them (flat buffers,
+    host copies)."""
     memo: dict[int, object] = {id(ctx.workload): ctx.workload}
     inner = getattr(ctx.model, "module", None)
     if isinstance(ctx.model, torch.nn.parallel.DistributedDataParallel) and inner is not None:
         memo[id(ctx.model)] = copy.deepcopy(inner, memo)
+    else:
+        copy.deepcopy(ctx.model, memo)  # the parameters first, so the optimizer's copy shares them
+    if ctx.optimizer is not None:
+        twin = object.__new__(type(ctx.optimizer))
+        memo[id(ctx.optimizer)] = twin
+        twin.__dict__.update(copy.deepcopy(ctx.optimizer.__dict__, memo))
     return copy.deepcopy(ctx, memo)
 
 
