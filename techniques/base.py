@@ -86,6 +86,8 @@ class Technique:
     provides_optimizer: ClassVar[bool] = False
     wraps_model: ClassVar[bool] = False
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
+    # the step's FLOPs vary at random from step to step (layer drop): the FLOP counter samples more steps
+    stochastic_flops: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

@@ -108,7 +108,8 @@ def test_counting_does_not_change_the_training():
         out = train(ctx, LM.make_data(), _NoTelemetry(), measure=measure)
         results.append((out, [p.detach().clone() for p in ctx.model.parameters()]))
     (measured, w_measured), (plain, w_plain) = results
-    assert measured["measured"]["sampler"].steps == [0, 1, 2, 3, 5]  # 0, 1 and each quarter of 6
+    # layer drop draws its FLOPs every step: sixteenths of the budget, so every step of these 6
+    assert measured["measured"]["sampler"].steps == [0, 1, 2, 3, 4, 5]
     assert not plain["measured"]["sampler"].counts
     assert [c["val_loss"] for c in measured["curves"]] == [c["val_loss"] for c in plain["curves"]]
     assert all(torch.equal(a, b) for a, b in zip(w_measured, w_plain, strict=True))

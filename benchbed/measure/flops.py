@@ -24,7 +24,8 @@ Which steps. Counting is slow (a Python dispatch mode over every operator), so `
 a few steps only: the first step (0), the second (1, so a one-off cost of the first step is charged
 to that step alone), the first step at or after each quarter of the budget (progress 1/4, 1/2,
 3/4), and the first step after a technique reports that the model changed (progressive stacking's
-growth). The worker counts a step on an exact replica of the train context (a deep copy, same
+growth). A technique whose step FLOPs are drawn at random (layer drop) gets sixteenths instead of
+quarters. The worker counts a step on an exact replica of the train context (a deep copy, same
 batch, same random generators), off the clock, before the timed step does the same work. Per-token
 figures weight each counted step by the steps it stands for (until the next counted step), so a
 schedule that changes the model is followed; a stochastic one (layer drop) is estimated from the

@@ -80,7 +80,8 @@ def train(
     # each data-parallel rank reads its own stream; rank 0's is the single-process stream
     train_iter = data.train_batches(run.loaded_batch_size, run.seq_len, run.seed + 1_000_003 * run.rank)
     step_fn = compose_step(ctx)
-    sampler = FlopSampler()
+    # a step whose FLOPs are drawn at random (layer drop) needs more counted steps for its mean
+    sampler = FlopSampler(fractions=16 if any(t.stochastic_flops for t in ctx.techniques) else 4)
     measured: dict[str, Any] = {"sampler": sampler, "errors": []}
     peaks = {"saved_activation_bytes": 0, "grad_bytes": 0, "optimizer_state_bytes": 0}
     model_changes = ctx.model_changes
