@@ -130,7 +130,7 @@ CELL_COLUMNS: list[Column] = [
         """
         peak_mem_bytes  float  CUDA allocator peak on a GPU, peak RSS of the cell on the CPU
         mem_source  str  cuda_max_allocated | nvml_used | ru_maxrss | unavailable
-        max_memory_reserved_bytes  float  CUDA caching-allocator reserved peak
+        max_memory_reserved_bytes  float  CUDA caching-allocator reserved peak (includes blocks cached for the measurement replicas of sampled steps)
         peak_rss_bytes  float  peak resident set of the cell's process
         nvml_peak_used_bytes  float  highest device memory in use seen by NVML
         saved_activation_bytes  float  peak bytes saved for backward in a step (distinct storages, parameters excluded; counted steps)

@@ -136,7 +136,8 @@ def train(
         inputs, targets = next(train_iter)
         batch = Batch(inputs, targets).to(device)
         if measure and sampler.due(ctx.step, ctx.progress()):
-            if device.type == "cuda":  # the replica's copies must not count as the cell's peak
+            if device.type == "cuda":  # the replica's copies must not count in the cell's allocated peak
+                # (the caching allocator keeps their blocks reserved: max_memory_reserved_bytes says so)
                 sync(device)
                 cuda_peak = max(cuda_peak, torch.cuda.max_memory_allocated(device))
             try:  # on a replica, off the clock; a failure costs the figures, never the cell
