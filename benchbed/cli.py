@@ -14,6 +14,11 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+#: what `benchbed run --rank-by` accepts (benchbed.analyse.tables.METRICS, kept import-free here)
+RANK_BY = (
+    "time_to_target_s", "tokens_to_target", "energy_to_target_j", "peak_mem_bytes", "tokens_per_s",
+    "saved_activation_bytes", "optimizer_state_bytes", "grad_bytes", "param_bytes",
+)  # fmt: skip
 
 
 def _bad_input(message: str) -> int:
@@ -95,7 +100,8 @@ def cmd_run(args) -> int:
     results = store.load(out_dir)
     cells = results.cells
     cells = cells[cells["cell_id"].isin({c.cell_id for c in scenario.cells})]
-    print_ranked_table(cells, f"{scenario.name}: time-to-target ({out_dir})")
+    ranking = "time-to-target" if args.rank_by == "time_to_target_s" else f"ranked by {args.rank_by}"
+    print_ranked_table(cells, f"{scenario.name}: {ranking} ({out_dir})", rank_by=args.rank_by)
     if lost:
         print(
             f"benchbed: {len(lost)} cell(s) lost with their Ray worker; run again to resume", file=sys.stderr
@@ -266,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--backend ray: CPU cells run at once per node (default 1: co-running cells skew time and RAPL)",
     )  # fmt: skip
     p.add_argument("--num-cpus", type=float, metavar="N", help="--backend ray: CPUs reserved per cell")
+    p.add_argument(
+        "--rank-by",
+        default="time_to_target_s",
+        choices=list(RANK_BY),
+        help="metric the printed table ranks by (default: time_to_target_s; memory: saved_activation_bytes, "
+        "optimizer_state_bytes, grad_bytes, param_bytes)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -4,11 +4,19 @@ Lifecycle, applied in this order by the train loop (techniques compose by this o
 knowing each other):
 
     validate(cell) -> configure(run) -> build_model(model, ctx) -> build_optimizer(params, ctx)
-    -> per step: select_batch(batch, ctx) -> train_step(ctx, batch, step, inner) -> after_step(ctx)
+    -> per step: select_batch(batch, ctx) -> train_step(ctx, batch, step, inner)
+                 [inside the step, before clipping: on_gradients(ctx)] -> after_step(ctx)
 
 A technique that wraps the model (parallel wrappers) sets ``wraps_model = True`` so it is applied
 after every other ``build_model``. Every hook runs inside the training clock where it is called
-per step, so a technique is charged for all of its own work.
+per step, so a technique is charged for all of its own work, the first step's included (the
+excluded warm-up step is the same for every cell and runs no technique hook).
+
+Fairness duties: a technique that changes the batch (per-process batch, process count, a pool it
+selects from) does it in `configure` through ``run.change_batch(...)``, naming the learning-rate
+rule it applies; work that is not the model's forward and backward of the step runs under
+``ctx.extra_work()`` (rematerialisation under ``ctx.recompute()``), so FLOPs counted on the step
+split into model and hardware FLOPs (see ``benchbed.measure.flops``).
 """
 
 from __future__ import annotations
@@ -81,6 +89,8 @@ class Technique:
     provides_optimizer: ClassVar[bool] = False
     wraps_model: ClassVar[bool] = False
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
+    # the step's FLOPs vary at random from step to step (layer drop): the FLOP counter samples more steps
+    stochastic_flops: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -97,7 +107,8 @@ class Technique:
         is launched as) and launched (False when the scenario is checked, True inside the cell)."""
 
     def configure(self, run: RunSettings) -> None:
-        """Adjust run settings: precision, batch size, learning rate, process count."""
+        """Adjust run settings: precision, batch size, learning rate, process count. A batch change
+        goes through ``run.change_batch(self.name, ..., lr_rule=...)``; any other is refused."""
 
     def build_model(self, model: torch.nn.Module, ctx: TrainContext) -> torch.nn.Module:
         return model
@@ -115,6 +126,10 @@ class Technique:
 
         Returning a tensor, not a float, keeps the step free of a host sync on a GPU."""
         return inner(batch)
+
+    def on_gradients(self, ctx: TrainContext) -> None:
+        """Edit the step's gradients before clipping (fp16: after unscaling), e.g. zero the pruned
+        weights' gradients so clipping and the optimizer see only the trained weights."""
 
     def after_step(self, ctx: TrainContext) -> None:
         """Schedules that act between steps (growth, layer drop, pruning)."""

@@ -203,7 +203,7 @@ def test_a_real_cell_writes_every_declared_column_and_nothing_else(tiny_scenario
     not_on_cpu = {
         "error", "time_to_target_s", "tokens_to_target", "steps_to_target", "energy_to_target_j",
         "energy_j", "energy_integral_j", "energy_disagreement", "mean_power_w", "peak_power_w",
-        "idle_power_w", "net_energy_j", "max_memory_reserved_bytes", "nvml_peak_used_bytes", "mfu",
+        "idle_power_w", "net_energy_j", "max_memory_reserved_bytes", "nvml_peak_used_bytes", "mfu", "hfu",
         "sample_lag_p99_s", "run_id", "git_sha", "telemetry_window_s", "co2_kg",
     }  # fmt: skip
     stages_only = {c.name for c in schema.CELL_COLUMNS if c.group == "stages"}  # bases, pipelines

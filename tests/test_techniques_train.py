@@ -67,6 +67,7 @@ def test_technique_lowers_validation_loss_on_lm_tiny(name):
     first, last = result["curves"][0]["val_loss"], result["curves"][-1]["val_loss"]
     assert result["status"] != "diverged", result.get("error")
     assert math.isfinite(last) and last < first - 0.3, (first, last)
+    assert not result["measured"]["errors"] and result["measured"]["sampler"].counts  # FLOPs and memory
 
 
 @pytest.mark.gpu

@@ -15,7 +15,6 @@ from benchbed.techniques.compute._masks import global_top_masks, prunable_weight
 from benchbed.techniques.compute.early_bird import mask_distance
 from benchbed.techniques.compute.layer_drop import keep_probability
 from benchbed.techniques.compute.snip import connection_sensitivity
-from benchbed.techniques.data.grad_norm_sampling import unbiased_weighted_loss
 from benchbed.techniques.memory.cpu_offload_optimizer import OffloadedAdamW
 from benchbed.techniques.memory.fp16_autocast import fp16_autocast_supported
 from benchbed.worker.assemble import build
@@ -154,25 +153,6 @@ def test_token_dropping_masks_about_the_fraction_of_targets_and_keeps_inputs():
     assert 0.2 < dropped < 0.3
     kept = out.targets != IGNORE_INDEX
     assert torch.equal(out.targets[kept], b.targets[kept])
-
-
-def test_importance_sampling_weights_are_one_over_n_p_and_unbiased():
-    sampler = make("grad_norm_sampling", {"pool_factor": 4})
-    ctx = context([sampler], batch_size=3)
-    assert ctx.run.batch_size == 12 and sampler.train_batch_size == 3
-    pool = batch(n=12)
-    with torch.no_grad():
-        scores = ctx.workload.per_sequence_loss(ctx.model, pool)
-    chosen = sampler.select_batch(pool, ctx)
-    assert chosen.inputs.shape == (3, 8)
-    probs = scores / scores.sum()
-    # each chosen sequence's weight is 1 / (N p_i) for the p_i of that sequence's score
-    for inputs, weight in zip(chosen.inputs, chosen.weights, strict=True):
-        i = int((pool.inputs == inputs).all(1).nonzero()[0])
-        assert float(weight) == pytest.approx(1.0 / (12 * float(probs[i])), rel=1e-5)
-    # unbiasedness: the expectation over the sampling distribution equals the pool mean loss
-    assert float((probs * (1.0 / (12 * probs)) * scores).sum()) == pytest.approx(float(scores.mean()))
-    assert ctx.loss_fn.func is unbiased_weighted_loss
 
 
 # -- memory ------------------------------------------------------------------------------------------

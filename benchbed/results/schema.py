@@ -28,7 +28,7 @@ class Column:
     name: str
     kind: str  # str | int | float | bool (JSON strings are kind str, named *_json)
     meaning: str
-    group: str  # identity | outcome | stages | timing | energy | memory | model | provenance
+    group: str  # identity | budget | outcome | stages | timing | energy | memory | model | provenance
 
     @property
     def empty(self) -> Any:
@@ -71,6 +71,14 @@ CELL_COLUMNS: list[Column] = [
         """,
     ),
     *_columns(
+        "budget",
+        """
+        global_batch_size  int  sequences trained per optimizer step over all processes (world_size x batch_size)
+        world_size  int  processes training together (data parallelism)
+        lr_rule  str  learning-rate rule applied for the cell's batch: none | linear | sqrt (lr_scaling, data_parallel)
+        """,
+    ),
+    *_columns(
         "outcome",
         """
         status  str  reached | budget_exhausted | diverged | oom | error | timeout
@@ -83,7 +91,7 @@ CELL_COLUMNS: list[Column] = [
         steps_to_target  float  optimizer steps by then
         energy_to_target_j  float  energy inside the training windows by then
         steps  float  optimizer steps taken
-        tokens  float  tokens trained on
+        tokens  float  tokens trained on over all processes (the selected batch under importance sampling)
         """,
     ),
     *_columns(
@@ -105,11 +113,11 @@ CELL_COLUMNS: list[Column] = [
     *_columns(
         "timing",
         """
-        train_time_s  float  time inside training steps (evaluation and the first step excluded)
-        eval_time_s  float  time spent evaluating
-        warmup_time_s  float  time of the first step (lazy initialisation, compilation)
+        train_time_s  float  time inside training steps, every step included (evaluation excluded)
+        eval_time_s  float  time spent evaluating (float32 for every cell)
+        warmup_time_s  float  time of the untimed warm-up step, the same for every cell and undone (lazy initialisation, compilation)
         wall_time_s  float  wall time of the cell process from start to its row
-        tokens_per_s  float  training throughput after the first step
+        tokens_per_s  float  tokens trained per second of training time
         started_at  str  UTC start time (ISO 8601)
         finished_at  str  UTC finish time (ISO 8601)
         sample_count  float  telemetry samples taken
@@ -140,9 +148,13 @@ CELL_COLUMNS: list[Column] = [
         """
         peak_mem_bytes  float  CUDA allocator peak on a GPU, peak RSS of the cell on the CPU
         mem_source  str  cuda_max_allocated | nvml_used | ru_maxrss | unavailable
-        max_memory_reserved_bytes  float  CUDA caching-allocator reserved peak
+        max_memory_reserved_bytes  float  CUDA caching-allocator reserved peak (includes blocks cached for the measurement replicas of sampled steps)
         peak_rss_bytes  float  peak resident set of the cell's process
         nvml_peak_used_bytes  float  highest device memory in use seen by NVML
+        saved_activation_bytes  float  peak bytes saved for backward in a step (distinct storages, parameters excluded; counted steps)
+        param_bytes  float  bytes of the model's parameters (distinct storages)
+        grad_bytes  float  bytes of the gradients after a step's backward (counted steps, largest)
+        optimizer_state_bytes  float  bytes of the optimizer's state tensors (counted steps, largest)
         """,
     ),
     *_columns(
@@ -150,8 +162,12 @@ CELL_COLUMNS: list[Column] = [
         """
         params  float  parameters of the trained model
         trainable_params  float  parameters that require gradients
-        flops_per_token  float  training FLOPs per token by the workload's formula
-        mfu  float  model FLOPs utilisation against the device's dense bf16 peak (NaN on CPUs)
+        flops_per_token  float  training FLOPs per token by the workload's formula (6N + 12 L d T for GPTs), for comparison
+        model_flops_per_token  float  counted FLOPs per trained token of the model's forward and backward (useful work)
+        hardware_flops_per_token  float  counted FLOPs per trained token of everything executed (recompute, extra passes)
+        flops_counted_steps  str  the steps whose FLOPs and memory were counted (JSON list)
+        mfu  float  model FLOPs utilisation: model_flops_per_token x tokens/s over the dense bf16 peak of world_size devices (NaN on CPUs)
+        hfu  float  hardware FLOPs utilisation: the same with hardware_flops_per_token (NaN on CPUs)
         effective_lr  float  peak learning rate the optimizer used (its first parameter group)
         effective_weight_decay  float  weight decay of the optimizer's first parameter group
         effective_betas  str  the optimizer's betas (or momentum) as JSON, None where it has none

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchbed.techniques.base import Technique
+from benchbed.techniques.base import Technique, TechniqueError
 from benchbed.worker.context import RunSettings, TrainContext
 from benchbed.workloads import Workload
 
@@ -42,6 +42,22 @@ def run_settings(workload: Workload, device: torch.device, **overrides) -> RunSe
     return RunSettings(**settings)
 
 
+def configure(techniques: list[Technique], run: RunSettings) -> None:
+    """Each technique's `configure`, in order; a technique that changed the batch (per-process
+    batch, process count, pool) without declaring it through `run.change_batch` is refused, so every
+    batch change and its learning-rate rule is on the record."""
+    for t in techniques:
+        before, declared = run.batch_shape(), len(run.batch_changes)
+        t.configure(run)
+        if run.batch_shape() != before and not any(
+            change["by"] == t.name for change in run.batch_changes[declared:]
+        ):
+            raise TechniqueError(
+                f"techniques.{t.name}: configure changed the batch {before} -> {run.batch_shape()} "
+                "without run.change_batch(...) (which records it and its learning-rate rule)"
+            )
+
+
 def build(ctx: TrainContext) -> None:
     """Model and optimizer through the technique lifecycle (wrappers last)."""
     run = ctx.run
@@ -64,8 +80,7 @@ def build_context(
     if cell_view is not None:
         for t in techniques:
             t.validate(cell_view)
-    for t in techniques:
-        t.configure(run)
+    configure(techniques, run)
     ctx = TrainContext(run, workload, techniques)
     build(ctx)
     return ctx

@@ -86,6 +86,13 @@ class Workload:
         """The loss of each example, [B] (importance sampling scores and reweights these)."""
         raise NotImplementedError
 
+    def output_gradient_norm(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Per-example norm of the gradient of that example's loss (`per_sequence_loss`) with respect
+        to the model's output (the logits), [B], from one forward pass: Katharopoulos & Fleuret's
+        (2018) upper bound of the per-example gradient norm, up to a constant. Importance sampling
+        scores by it; a workload without it raises NotImplementedError."""
+        raise NotImplementedError(f"workload '{self.name}' has no output-gradient norm")
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The training loss: the mean over examples; with per-example weights their
         self-normalised weighted mean."""
@@ -102,7 +109,8 @@ class Workload:
         device: torch.device,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> float:
-        """The metric the target is on: mean validation loss per target position."""
+        """The metric the target is on: mean validation loss per target position. The train loop
+        evaluates every cell in float32 (it passes no `autocast`)."""
         was_training = model.training
         model.eval()
         total, count = torch.zeros((), dtype=torch.float64, device=device), 0

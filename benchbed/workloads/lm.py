@@ -53,6 +53,22 @@ class LanguageModelWorkload(Workload):
         mask = (batch.targets != IGNORE_INDEX).float()
         return (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
+    def output_gradient_norm(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """||d loss_i / d logits_i|| per sequence, [B], in closed form from the logits.
+
+        For softmax cross-entropy the gradient at a token is softmax(z) - onehot(y); the sequence's
+        loss is the mean over its n_i scored tokens, so the norm is
+        sqrt(sum_t ||softmax(z_t) - e_{y_t}||^2) / n_i, with ||p - e_y||^2 = sum(p^2) - 2 p_y + 1.
+        Ignored targets contribute nothing."""
+        logits = model(batch.inputs).float()
+        probs = torch.softmax(logits, dim=-1)
+        targets = batch.targets
+        valid = targets != IGNORE_INDEX
+        p_y = probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        per_token = ((probs * probs).sum(-1) - 2.0 * p_y + 1.0).clamp_min(0.0) * valid
+        n = valid.sum(1).clamp_min(1).to(per_token.dtype)
+        return per_token.sum(1).sqrt() / n
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Mean next-token cross-entropy over non-ignored targets; with per-sequence weights, their
         self-normalised weighted mean of per-sequence losses."""

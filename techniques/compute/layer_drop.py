@@ -51,6 +51,7 @@ class LayerDrop(Technique):
     paper = "Zhang & He 2020, Accelerating Training of Transformer-Based Language Models with Progressive Layer Dropping"
     Config = LayerDropConfig
     conflicts = ("progressive_stacking",)
+    stochastic_flops = True  # which blocks run is drawn every step: the FLOP counter samples more
 
     def __init__(self, config=None):
         super().__init__(config)

@@ -68,3 +68,4 @@ class ProgressiveStacking(Technique):
             top.load_state_dict(self.blocks[j].state_dict())
         self.grown = True
         ctx.run.extra["progressive_stacking_step"] = ctx.step
+        ctx.note_model_changed()  # the FLOP counter counts the full-depth model again

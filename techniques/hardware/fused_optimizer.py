@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from benchbed.techniques.base import Technique, TechniqueError, register
 from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
+from benchbed.techniques.compute.lion import LION_LR_RATIO
 from benchbed.techniques.hardware import check_backend, use_kernel
 
 ALGORITHMS = ("adamw", "lion")
@@ -31,7 +32,7 @@ ALGORITHMS = ("adamw", "lion")
 class FusedOptimizerConfig:
     algorithm: str = "adamw"  # adamw | lion
     lr: float | None = None  # None: run.lr (adamw) or lr_ratio * run.lr (lion)
-    lr_ratio: float = 0.1  # lion only, as the lion technique
+    lr_ratio: float = LION_LR_RATIO  # lion only: the lion technique's default, one constant
     beta1: float | None = None  # None: run.betas (adamw) or 0.9 (lion)
     beta2: float | None = None  # None: run.betas (adamw) or 0.99 (lion)
     eps: float = 1e-8  # adamw only

@@ -5,10 +5,15 @@ What it changes: each transformer block's forward runs under `torch.utils.checkp
 the block inputs are kept for backward and the block's activations are recomputed during the
 backward pass. It trades roughly one extra forward pass of compute for activation memory; the
 extra forward is inside the training clock, so the technique pays for it.
+
+Measurement seams: the recomputation runs under ``ctx.recompute()`` (its FLOPs are hardware, not
+model FLOPs; its tensors count as saved while they live) and each checkpointed block's input is
+reported with ``ctx.hold_for_backward`` (the checkpoint keeps it outside autograd's saved tensors).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -18,14 +23,21 @@ from benchbed.techniques.base import Technique, register
 
 
 class _Checkpointed(torch.nn.Module):
-    def __init__(self, block: torch.nn.Module):
+    def __init__(self, block: torch.nn.Module, recompute=nullcontext, hold=lambda tensor: None):
         super().__init__()
         self.block = block
+        self.recompute = recompute  # context of the recomputation (ctx.recompute)
+        self.hold = hold  # reports the input the checkpoint keeps (ctx.hold_for_backward)
 
     def forward(self, x):
         if not self.training:
             return self.block(x)
-        return checkpoint(self.block, x, use_reentrant=False)
+        if torch.is_grad_enabled():
+            self.hold(x)
+        return checkpoint(self.block, x, use_reentrant=False, context_fn=self._contexts)
+
+    def _contexts(self):
+        return nullcontext(), self.recompute()
 
 
 @dataclass(frozen=True)
@@ -50,5 +62,5 @@ class ActivationCheckpointing(Technique):
         blocks = model.blocks
         for i in range(len(blocks)):
             if i % self.config.every == 0:
-                blocks[i] = _Checkpointed(blocks[i])
+                blocks[i] = _Checkpointed(blocks[i], ctx.recompute, ctx.hold_for_backward)
         return model
