@@ -17,9 +17,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 #: how a cell can end
-STATUSES = ("reached", "budget_exhausted", "diverged", "oom", "error", "timeout")
+STATUSES = ("reached", "budget_exhausted", "diverged", "oom", "error", "timeout", "killed")
 DONE_STATUSES = ("reached", "budget_exhausted", "diverged")  # a rerun would give the same outcome
-FAILED_STATUSES = ("oom", "error", "timeout")
+#: the cell produced no measurement: `benchbed run` exits 1, `--retry-failed` runs them again
+FAILED_STATUSES = ("oom", "error", "timeout", "killed")
+#: stopped from outside (a signal nobody inside the cell sent, without a sign of memory exhaustion):
+#: says nothing about the cell, so even a plain resume runs it again
+RERUN_STATUSES = ("killed",)
 ENERGY_SOURCES = ("nvml_counter", "nvml_power_integral", "rapl", "unavailable")
 
 
@@ -73,7 +77,7 @@ CELL_COLUMNS: list[Column] = [
     *_columns(
         "outcome",
         """
-        status  str  reached | budget_exhausted | diverged | oom | error | timeout
+        status  str  reached | budget_exhausted | diverged | oom | error | timeout | killed
         error  str  why a cell failed or diverged (None otherwise)
         loss_floor  float  the data's exact loss floor in nats where known, NaN otherwise
         final_val_loss  float  validation loss at the last evaluation
@@ -146,6 +150,7 @@ CELL_COLUMNS: list[Column] = [
         data_fingerprint  str  hash of the data the cell trained on
         git_sha  str  commit of the benchbed that ran the cell
         torch_version  str  torch version of the cell
+        threads  int  torch intra-op threads the cell trained with (curves are bitwise-reproducible only at a fixed count)
         run_extra  str  notes techniques left for the results (JSON)
         """,
     ),
