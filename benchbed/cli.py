@@ -1,4 +1,8 @@
-"""The `benchbed` command: verbs and argument parsing. Exit codes: 0 ok, 1 failure or regression, 2 bad input.
+"""The `benchbed` command: verbs and argument parsing.
+
+Exit codes: 0 ok; 1 a failure (a cell that ended error, timeout, oom or killed; results that could
+not be written) or a regression; 2 bad input (refused before anything runs or is written, one line
+naming the file and field); 130 interrupted by Ctrl-C (143 by SIGTERM), finished cells kept.
 
 What the verbs print lives in ``benchbed.present``: the ranked table ``run`` prints
 (``present.ranked``), and ``gate`` and ``report``, which get the rest of the command line."""
@@ -13,26 +17,53 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _say(message: str) -> None:
+    from benchbed.text import printable
+
+    print(f"benchbed: {printable(message)}", file=sys.stderr)
 
 
 def _bad_input(message: str) -> int:
-    print(f"benchbed: {message}", file=sys.stderr)
+    _say(message)
     return EXIT_BAD_INPUT
+
+
+def _check_threads_env() -> str | None:
+    value = os.environ.get("BENCHBED_THREADS")
+    if value and not (value.isascii() and value.isdigit() and 0 < int(value) <= 4096):
+        return f"BENCHBED_THREADS: expected a whole number of threads from 1 to 4096, got {value!r}"
+    return None
 
 
 def cmd_run(args) -> int:
     from benchbed import plan as planning
     from benchbed.present.ranked import print_ranked_table
     from benchbed.results import store
-    from benchbed.run.runner import plan, run_scenario
+    from benchbed.results.schema import FAILED_STATUSES
+    from benchbed.run.lock import Locked
+    from benchbed.run.runner import (
+        Interrupted,
+        ResultsWriteError,
+        interrupt_on_sigterm,
+        plan,
+        run_scenario,
+        select,
+    )
 
+    problem = _check_threads_env()
+    if problem:
+        return _bad_input(problem)
     path = planning.resolve_scenario_path(args.scenario)
     try:
-        scenario = planning.load(path, device_override=args.device, repeats_override=args.repeat)
+        scenario = planning.load(
+            path, device_override=args.device, repeats_override=args.repeat, max_cells=args.max_cells
+        )
     except planning.ScenarioError as exc:
         return _bad_input(str(exc))
-    out_dir = Path(args.out or os.path.join("results", scenario.name))
+    out_dir = Path(args.out or os.path.join("results", planning.slug(scenario.name)))
     if args.dry_run:
         todo, done = plan(scenario, out_dir, only=args.only, retry_failed=args.retry_failed)
         skip = {c.cell_id for c in done}
@@ -55,16 +86,41 @@ def cmd_run(args) -> int:
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
         return _bad_input(f"{out_dir}: --out: exists and is not a directory")
-    run_scenario(scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet)
-    results = store.load(out_dir)
+
+    def kept() -> str:
+        n = len(store.read_parts(out_dir)) if out_dir.is_dir() else 0
+        return f"{n} finished cell(s) are kept in {out_dir}; run the same command again to resume"
+
+    try:
+        with interrupt_on_sigterm():
+            run_scenario(
+                scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet
+            )
+    except Locked as exc:
+        return _bad_input(str(exc))
+    except ResultsWriteError as exc:
+        _say(f"{exc}; {kept()}")
+        return EXIT_FAIL
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else 2
+        _say(
+            f"interrupted ({'Ctrl-C' if signum == 2 else 'SIGTERM'}): the running cell was stopped; {kept()}"
+        )
+        return 128 + signum
+    try:
+        results = store.load(out_dir)
+    except store.StoreError as exc:
+        _say(str(exc))
+        return EXIT_FAIL
     cells = results.cells
-    cells = cells[cells["cell_id"].isin({c.cell_id for c in scenario.cells})]
+    cells = cells[cells["cell_id"].isin({c.cell_id for c in select(scenario.cells, args.only)})]
     print_ranked_table(cells, f"{scenario.name}: time-to-target ({out_dir})")
-    errors = int((cells["status"] == "error").sum()) if "status" in cells else 0
-    if errors:
-        print(
-            f"benchbed: {errors} cell(s) ended in error; see the 'error' column of {out_dir / store.CELLS}",
-            file=sys.stderr,
+    failed = cells[cells["status"].isin(FAILED_STATUSES)] if "status" in cells else cells.iloc[:0]
+    if len(failed):
+        counts = ", ".join(f"{n} {status}" for status, n in failed["status"].value_counts().items())
+        _say(
+            f"{len(failed)} of {len(cells)} cell(s) produced no measurement ({counts}); see the 'status' "
+            f"and 'error' columns of {out_dir / store.CELLS}; --retry-failed runs them again"
         )
         return EXIT_FAIL
     return EXIT_OK
@@ -194,7 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
     p.add_argument(
-        "--retry-failed", action="store_true", help="re-run cells that ended in oom, error or timeout"
+        "--retry-failed",
+        action="store_true",
+        help="re-run cells that ended in oom, error, timeout or killed (killed ones run again anyway)",
+    )
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        metavar="N",
+        help="allow a matrix of more than 10,000 cells (refused without this: usually a typo)",
     )
     p.add_argument(
         "--repeat",
@@ -240,16 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:
-        module = importlib.import_module(DELEGATED[argv[0]][0])
-        return int(module.cli_main(argv[1:]) or 0)
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        if argv and argv[0] in DELEGATED:
+            module = importlib.import_module(DELEGATED[argv[0]][0])
+            return int(module.cli_main(argv[1:]) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `benchbed run --dry-run | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt as exc:  # before anything was written (loading, importing)
+        signum = getattr(exc, "signum", 2)
+        _say(f"interrupted ({'Ctrl-C' if signum == 2 else 'SIGTERM'})")
+        return 128 + signum
 
 
 if __name__ == "__main__":
