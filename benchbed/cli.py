@@ -47,6 +47,7 @@ def cmd_run(args) -> int:
     from benchbed.run.runner import (
         Interrupted,
         ResultsWriteError,
+        UnusableOutDir,
         interrupt_on_sigterm,
         plan,
         run_scenario,
@@ -56,6 +57,8 @@ def cmd_run(args) -> int:
     problem = _check_threads_env()
     if problem:
         return _bad_input(problem)
+    if args.max_cells is not None and args.max_cells < 1:
+        return _bad_input(f"--max-cells: must be at least 1, got {args.max_cells}")
     path = planning.resolve_scenario_path(args.scenario)
     try:
         scenario = planning.load(
@@ -96,7 +99,7 @@ def cmd_run(args) -> int:
             run_scenario(
                 scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet
             )
-    except Locked as exc:
+    except (Locked, UnusableOutDir) as exc:
         return _bad_input(str(exc))
     except ResultsWriteError as exc:
         _say(f"{exc}; {kept()}")

@@ -40,13 +40,16 @@ import errno, json, os, signal, sys, time
 FAULTS = os.environ.get("BENCHBED_TEST_FAULTS", "")
 
 
+IS_CELL = len(sys.argv) > 2 and sys.argv[-2].endswith(".json")  # python -m benchbed.worker SPEC OUT
+
+
 def _armed(name):
     return FAULTS and os.path.exists(os.path.join(FAULTS, name))
 
 
 def _wrap(fn):
     def wrapped(src, dst, *args, **kwargs):
-        if _armed("enospc"):
+        if _armed("enospc") or (IS_CELL and _armed("enospc-in-cells")):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         if _armed("kill-runner-at-write") and str(dst).endswith("cells.parquet"):
             parts = os.path.join(os.path.dirname(str(dst)), "parts")
@@ -58,7 +61,7 @@ def _wrap(fn):
 
 if FAULTS:
     os.rename, os.replace = _wrap(os.rename), _wrap(os.replace)
-    if len(sys.argv) > 2 and sys.argv[-2].endswith(".json"):  # a cell: python -m benchbed.worker SPEC OUT
+    if IS_CELL:
         seed = json.load(open(sys.argv[-2]))["seed"]
         action_file = os.path.join(FAULTS, f"cell-{seed}")
         action = open(action_file).read().strip() if os.path.exists(action_file) else ""
@@ -72,8 +75,8 @@ if FAULTS:
             import torch.nn.functional as F
             cross_entropy = F.cross_entropy
             F.cross_entropy = lambda *a, **k: cross_entropy(*a, **k) * float("nan")
-        elif action == "enospc":  # from now on every rename fails, in every process
-            open(os.path.join(FAULTS, "enospc"), "w").close()
+        elif action in ("enospc", "enospc-in-cells"):  # from now on every rename fails (in cells)
+            open(os.path.join(FAULTS, action), "w").close()
         elif action.startswith("fill:"):  # write until the disk is full, to the last byte
             with open(action[5:], "wb", buffering=0) as f:
                 for size in (1 << 16, 1 << 12, 1):
@@ -309,18 +312,27 @@ def _mount_tmpfs(where: Path) -> bool:
     return mounted.returncode == 0
 
 
-@pytest.mark.parametrize("how", ["tmpfs", "injected"])
+@pytest.mark.parametrize("how", ["tmpfs", "injected-everywhere", "injected-in-cells"])
 def test_disk_full_is_one_line_and_a_resume_completes(rig, how, tmp_path):
+    """The disk fills as seed 1 starts: on a real tmpfs where this process may mount one, else by
+    an injected ENOSPC on every rename; and once only for the cell's own write (space freed by
+    the time the runner writes), which must still stop the run rather than record an error row."""
     scenario, faults, out, env = rig
     path = scenario("[0, 1]")
     mount = tmp_path / "mnt"
+    mounted = _mount_tmpfs(mount)
     if how == "tmpfs":
-        if not _mount_tmpfs(mount):
-            pytest.skip("cannot mount a tmpfs here (needs root); the injected ENOSPC covers it")
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root): injected-everywhere stands in")
         out = mount / "out"
-        (faults / "cell-1").write_text(f"fill:{mount / 'filler'}")  # the disk fills as seed 1 starts
+        (faults / "cell-1").write_text(f"fill:{mount / 'filler'}")
+    elif how == "injected-everywhere":
+        if mounted:
+            subprocess.run(["umount", str(mount)], capture_output=True)
+            pytest.skip("the tmpfs case fills a real disk here")
+        (faults / "cell-1").write_text("enospc")
     else:
-        (faults / "cell-1").write_text("enospc")  # every rename fails from the start of seed 1 on
+        (faults / "cell-1").write_text("enospc-in-cells")
     try:
         kept = seed_parts(out, path, [0])
         done = cli(env, "run", path, "--out", str(out), "--quiet")
@@ -340,7 +352,7 @@ def test_disk_full_is_one_line_and_a_resume_completes(rig, how, tmp_path):
         assert started(out)[0] == kept[0]
         assert_whole(out, [0, 1])
     finally:
-        if how == "tmpfs":
+        if mounted:
             subprocess.run(["umount", str(mount)], capture_output=True)
 
 

@@ -191,6 +191,14 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert "--out: exists and is not a directory" in one_line(capsys.readouterr().err)
 
 
+def test_out_inside_a_file_is_refused(tmp_path, capsys):
+    scenario = write_case(tmp_path, BASE.format(top="", rest=""))
+    (tmp_path / "f").write_text("")
+    assert cli.main(["run", str(scenario), "--out", str(tmp_path / "f" / "out")]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line == f"benchbed: {tmp_path / 'f' / 'out'}: --out: cannot use it (Not a directory)"
+
+
 def test_a_locked_results_directory_is_refused_naming_the_holder(tmp_path, capsys):
     from benchbed.run.lock import RunLock
 

@@ -43,6 +43,10 @@ class ResultsWriteError(RuntimeError):
     """Writing the results failed (disk full, read-only, ...); str() is the one line to print."""
 
 
+class UnusableOutDir(ValueError):
+    """The results directory cannot be created or locked (bad --out); str() is the one line."""
+
+
 class Interrupted(KeyboardInterrupt):
     """The runner was asked to stop (Ctrl-C, SIGTERM); `signum` says which."""
 
@@ -153,15 +157,17 @@ def run_scenario(
 ) -> Path:
     """Run the scenario's cells that are not yet in `out_dir`; returns `out_dir`.
 
-    Raises `run.lock.Locked` when another runner holds `out_dir`, `ResultsWriteError` when the
-    results cannot be written, `KeyboardInterrupt` (`Interrupted`) when stopped; in every case the
+    Raises `run.lock.Locked` when another runner holds `out_dir`, `UnusableOutDir` when it cannot
+    be created or locked, `ResultsWriteError` when the results cannot be written, `KeyboardInterrupt` (`Interrupted`) when stopped; in every case the
     cells that finished are in `out_dir`."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out_dir).acquire()
     except OSError as exc:
-        raise ResultsWriteError(describe_write_error(exc, out_dir)) from None
+        raise UnusableOutDir(
+            f"{exc.filename or out_dir}: --out: cannot use it ({os_error_reason(exc)})"
+        ) from None
     try:
         return _run_locked(scenario, out_dir, only, retry_failed, cell_env, cell_filter, progress, log)
     except OSError as exc:
