@@ -22,6 +22,7 @@ split into model and hardware FLOPs (see ``benchbed.measure.flops``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -159,6 +160,9 @@ def build_config(cls: type[Technique], options: dict[str, Any], where: str) -> A
         if allowed and not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             names = " or ".join(t.__name__ for t in allowed if t is not type(None))
             raise TechniqueError(f"{where}.{key}: expected {names}, got {type(value).__name__} ({value!r})")
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise TechniqueError(f"{where}.{key}: must be a finite number, got {item!r}")
         values[key] = value
     try:
         config = cls.Config(**values)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A module may import only from its own layer and the layers before it (docs/architecture.md).
 LAYERS: list[tuple[str, ...]] = [
-    ("benchbed", "benchbed.results.schema"),
+    ("benchbed", "benchbed.results.schema", "benchbed.text"),
     ("benchbed.models",),
     ("benchbed.workloads",),
     ("benchbed.kernels",),
@@ -175,6 +175,8 @@ def test_every_shipped_scenario_loads_and_dry_runs(name, tmp_path, monkeypatch):
     if _device_of(name) == "cuda":
         # checked as on a machine with GPUs: techniques refuse cells by device count at load
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     path = plan.resolve_scenario_path(name)
     scenario = plan.load(path, device_override=_device_of(name))
     assert scenario.cells and scenario.baseline in {c.variant for c in scenario.cells}

@@ -64,7 +64,7 @@ def test_profile_settings_reach_only_the_matching_cells_and_change_no_identity(t
 
 def test_a_profile_that_would_pass_the_timeout_is_skipped_not_run(tmp_path):
     spec = {"cell_id": "c", "timeout_s": 20}
-    store.write_part(tmp_path, "c", new_row(cell_id="c"), None, None)
+    store.write_part(tmp_path, "c", new_row(cell_id="c", status="reached"), None, None)
     started = time.perf_counter() - 15  # 15 of the cell's 20 s are gone
     row = {"steps": 10, "train_time_s": 2.0, "warmup_time_s": 1.0}  # ~0.2 s a step: ~13 s to profile
     meta = profile.add_profile(tmp_path, spec, {"steps": 5, "warmup": 2, "memory": True}, row, started)
@@ -75,7 +75,8 @@ def test_a_profile_that_would_pass_the_timeout_is_skipped_not_run(tmp_path):
 
 
 def synthetic_profile(directory: Path, cell_id: str) -> Path:
-    store.write_part(directory, cell_id, new_row(cell_id=cell_id, run_id="p", config_key="k"), None, None)
+    row = new_row(cell_id=cell_id, run_id="p", config_key="k", status="reached")
+    store.write_part(directory, cell_id, row, None, None)
     store.consolidate(directory)
     (directory / store.RUN_JSON).write_text(json.dumps({"schema_version": 1, "run_id": "p"}))
     folder = directory / store.PARTS / cell_id / "profile"

@@ -17,9 +17,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 #: how a cell can end
-STATUSES = ("reached", "budget_exhausted", "diverged", "oom", "error", "timeout")
+STATUSES = ("reached", "budget_exhausted", "diverged", "oom", "error", "timeout", "killed")
 DONE_STATUSES = ("reached", "budget_exhausted", "diverged")  # a rerun would give the same outcome
-FAILED_STATUSES = ("oom", "error", "timeout")
+#: the cell produced no measurement: `benchbed run` exits 1, `--retry-failed` runs them again
+FAILED_STATUSES = ("oom", "error", "timeout", "killed")
+#: stopped from outside (a signal nobody inside the cell sent, without a sign of memory exhaustion):
+#: says nothing about the cell, so even a plain resume runs it again
+RERUN_STATUSES = ("killed",)
 ENERGY_SOURCES = ("nvml_counter", "nvml_power_integral", "rapl", "unavailable")
 
 
@@ -81,7 +85,7 @@ CELL_COLUMNS: list[Column] = [
     *_columns(
         "outcome",
         """
-        status  str  reached | budget_exhausted | diverged | oom | error | timeout
+        status  str  reached | budget_exhausted | diverged | oom | error | timeout | killed
         error  str  why a cell failed or diverged (None otherwise)
         loss_floor  float  the data's exact loss floor in nats where known, NaN otherwise
         final_val_loss  float  validation loss at the last evaluation
@@ -181,6 +185,7 @@ CELL_COLUMNS: list[Column] = [
         data_fingerprint  str  hash of the data the cell trained on
         git_sha  str  commit of the benchbed that ran the cell
         torch_version  str  torch version of the cell
+        threads  int  torch intra-op threads the cell trained with (curves are bitwise-reproducible only at a fixed count)
         run_extra  str  notes techniques left for the results (JSON)
         """,
     ),
@@ -243,6 +248,11 @@ def failure_row(known: dict[str, Any], status: str, error: str | None) -> dict[s
     return new_row(**known) | {"status": status, "error": error}
 
 
+def escape(text: str) -> str:
+    """A table cell's text: a '|' would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def markdown() -> str:
     """The column tables of docs/contracts.md (``python -m benchbed.results.schema`` prints them)."""
     lines = []
@@ -252,7 +262,7 @@ def markdown() -> str:
         ("telemetry.parquet (plus one column per sampled quantity)", TELEMETRY_COLUMNS),
     ):
         lines += [f"#### {title}", "", "| column | type | group | meaning |", "|---|---|---|---|"]
-        lines += [f"| `{c.name}` | {c.kind} | {c.group} | {c.meaning} |" for c in columns]
+        lines += [f"| `{c.name}` | {c.kind} | {c.group} | {escape(c.meaning)} |" for c in columns]
         lines.append("")
     return "\n".join(lines)
 

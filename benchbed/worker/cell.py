@@ -60,6 +60,7 @@ def identity_row(spec: dict) -> dict:
         run_id=spec.get("run_id"),
         git_sha=spec.get("git_sha"),
         torch_version=torch.__version__,
+        threads=torch.get_num_threads(),
         started_at=now_iso(),
     )
 

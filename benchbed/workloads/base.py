@@ -151,6 +151,12 @@ class Workload:
         last evaluation; default none."""
         return {}
 
+    def check_data(self, data: dict[str, Any], base_dir: str) -> None:
+        """Open and validate the data a scenario's [data] table names, without training on it
+        (headers, sizes, vocabulary range): the planner calls this before the first cell starts.
+        Raises DataError naming the file. The default accepts only the workload's own data."""
+        self.with_data(data, base_dir)
+
     def with_data(self, data: dict[str, Any], base_dir: str) -> Workload:
         """The workload on local data from a scenario's [data] table; only the synthetic default
         unless the workload overrides this."""

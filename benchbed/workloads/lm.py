@@ -20,7 +20,15 @@ from torch import nn
 from benchbed.models.gpt import GPT, GPTConfig
 from benchbed.workloads.base import Workload, register
 from benchbed.workloads.batch import IGNORE_INDEX, Batch
-from benchbed.workloads.data import DataError, DataSource, MarkovCopySource, TextFileSource, TokenShardSource
+from benchbed.workloads.data import (
+    DataError,
+    DataSource,
+    MarkovCopySource,
+    TextFileSource,
+    TokenShardSource,
+    check_shards,
+    check_text,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +119,18 @@ class LanguageModelWorkload(Workload):
     def describe_model(self) -> str:
         m = self.model
         return f"GPT {m.n_layer}L d={m.d_model} h={m.n_head} T={m.seq_len}"
+
+    def check_data(self, data: dict[str, Any], base_dir: str) -> None:
+        kind = data.get("kind", "synthetic")
+        if kind == "synthetic":
+            return
+        workload = self.with_data(data, base_dir)  # refuses an unknown kind or a missing path
+        path = data["path"]
+        full = path if os.path.isabs(path) else os.path.join(base_dir, path)
+        if kind == "text":
+            check_text(full, workload.seq_len)
+        else:
+            check_shards(full, workload.model.vocab_size, workload.seq_len)
 
     def with_data(self, data: dict[str, Any], base_dir: str) -> LanguageModelWorkload:
         """The workload on local data given by a scenario's [data] table (kind = text | shards)."""
