@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 from benchbed.techniques.compute._masks import apply_masks, global_top_masks, prunable_weights
 
 
@@ -58,6 +58,10 @@ class EarlyBird(Technique):
     paper = "You et al. 2020, Drawing Early-Bird Tickets: Towards More Efficient Training of Deep Networks"
     Config = EarlyBirdConfig
     conflicts = ("snip",)
+    families = ("gpt", "bert", "vit")
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def __init__(self, config=None):
         super().__init__(config)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 
 
 class _Checkpointed(torch.nn.Module):
@@ -22,10 +22,10 @@ class _Checkpointed(torch.nn.Module):
         super().__init__()
         self.block = block
 
-    def forward(self, x):
+    def forward(self, x, *args, **kwargs):  # the encoder's blocks take a `context` too
         if not self.training:
-            return self.block(x)
-        return checkpoint(self.block, x, use_reentrant=False)
+            return self.block(x, *args, **kwargs)
+        return checkpoint(self.block, x, *args, use_reentrant=False, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ class ActivationCheckpointing(Technique):
     category = "memory/rematerialization"
     paper = "Chen et al. 2016, Training Deep Nets with Sublinear Memory Cost"
     Config = CheckpointConfig
+    families = ("gpt", "bert", "vit")
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def build_model(self, model, ctx):
         blocks = model.blocks

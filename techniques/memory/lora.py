@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchbed.techniques.base import Technique, TechniqueError, register
+from benchbed.techniques.base import Technique, TechniqueError, register, require_family
 
 
 class LoRALinear(nn.Module):
@@ -70,8 +70,10 @@ class LoRA(Technique):
     category = "memory/parameter_efficient"
     paper = "Hu et al. 2022, LoRA: Low-Rank Adaptation of Large Language Models"
     Config = LoRAConfig
+    families = ("gpt",)
 
     def validate(self, cell):
+        require_family(self, cell)
         if any(n in cell.get("techniques", ()) for n in ("snip", "early_bird")):
             raise TechniqueError("techniques: lora freezes the base weights that snip/early_bird would prune")
 
