@@ -63,11 +63,13 @@ def test_mlm_masking_follows_80_10_10_within_tolerance_on_many_draws():
     assert close(frac_mask, 0.8, k)
     assert close(frac_changed, 0.1 * (1 - 1 / V), k)
     assert close(frac_same, 0.1 + 0.1 / V, k)
-    # the random replacements are uniform over the corpus's ids ([MASK] is never drawn)
-    replaced = picked_in[(picked_in != mask_id) & (picked_in != picked_orig)]
-    counts = torch.bincount(replaced, minlength=V + 1).double()
-    assert counts[V] == 0
-    expected = counts[:V].sum() / V
+    # the random replacements are uniform over the corpus's ids, [MASK] never among them: with
+    # every selected position replaced at random, each id (the original too) comes up 1/V of the time
+    all_random = MaskingRule(ratio=0.5, mask_frac=0.0, random_frac=1.0)
+    drawn, drawn_targets = mask_tokens(tokens, all_random, V, mask_id, torch.Generator().manual_seed(2))
+    counts = torch.bincount(drawn[drawn_targets != IGNORE_INDEX], minlength=V + 1).double()
+    assert counts[mask_id] == 0
+    expected = counts.sum() / V
     assert float(((counts[:V] - expected) ** 2 / expected).sum()) < V + 5 * math.sqrt(2 * V)  # chi-square
     # unselected positions are untouched and carry no loss; selected ones carry the original
     assert torch.equal(inputs[~selected], tokens[~selected])
