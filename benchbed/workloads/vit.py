@@ -66,9 +66,9 @@ register(
         warmup_frac=0.05,
         betas=(0.9, 0.999),
         budget_tokens=19_200,
-        # ln(10) = 2.30 at chance; 0.60 (about 78% accuracy) needs the shapes told apart, not only
-        # the textures; the AdamW baseline reaches it a little past half the budget
-        target_loss=0.60,
+        # ln(10) = 2.30 at chance; 0.75 needs the shapes told apart, not only the textures. The
+        # AdamW baseline reaches it at 50-75% of the budget (3 seeds; it ends at 0.58-0.68)
+        target_loss=0.75,
         eval_every_tokens=32 * 25,
         val_sequences=512,
     )
