@@ -1,7 +1,7 @@
 """Measured FLOPs and time per training step of the token-dropping and masking techniques against
 their baselines, on the CPU workloads (one process, no scenario): what each really removes.
 
-    python scripts/bench_token_dropping.py [--steps 20]
+    python scripts/bench_token_dropping.py [--steps 20] [--threads 1]
 
 For each row it builds the cell's model and techniques through the worker's own assembly, counts the
 FLOPs of one full training step (forward, backward; torch.utils.flop_counter.FlopCounterMode) and
@@ -77,7 +77,9 @@ def measure(workload, names, options, progress, steps):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (as a cell's)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"{'workload':9} {'technique':30} {'matmul FLOPs/token':>19} {'vs base':>8} {'step (ms)':>10}")
     base: dict[str, float] = {}
