@@ -41,7 +41,9 @@ def test_mlm_cells_record_the_floor_and_what_the_techniques_did(tmp_path):
 
 
 def test_vit_cells_train_mae_then_labels_and_record_no_floor(tmp_path):
-    (cell,) = cells(tmp_path, "vit-tiny", '["patch_masking"]', "[techniques.patch_masking]\npretrain_frac = 0.5\n")
+    (cell,) = cells(
+        tmp_path, "vit-tiny", '["patch_masking"]', "[techniques.patch_masking]\npretrain_frac = 0.5\n"
+    )
     row, curves, _ = train_cell(cell.to_spec())
     assert row["status"] == "budget_exhausted", row["error"]
     assert row["tokens"] == 4 * 32  # the budget counts images

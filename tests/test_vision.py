@@ -127,6 +127,11 @@ def test_patch_masking_pretrains_then_trains_on_labels_on_one_clock():
     assert ctx.run.extra["mae_switch_step"] == 2
     trainable = {n for n, p in ctx.model.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"}  # the linear probe
+    # the labelled phase starts from a fresh optimizer state: the frozen encoder's pre-training
+    # moments are gone, the head's are two steps old
+    encoder_weight = ctx.model.blocks[0].attn.q.weight
+    assert encoder_weight not in ctx.optimizer.state
+    assert int(ctx.optimizer.state[ctx.model.head.weight]["step"]) == 2
     assert any(n.startswith("mae_decoder.") for n, _ in ctx.model.named_parameters())
 
 

@@ -12,7 +12,8 @@ every patch's pixels; the loss is the mean squared error on the masked patches, 
 per-patch-normalised pixels (``norm_pix_loss``, the paper's better setting). Then, for the rest of
 the budget, the model is trained on the labels: fine-tuned whole (``finetune = "full"``) or as a
 linear probe of the frozen encoder (``"linear"``). Each phase has its own warm-up and cosine decay
-over its share of the budget (the paper's two schedules, compressed).
+over its share of the budget (the paper's two schedules, compressed), and the labelled phase starts from a fresh optimizer
+state, as the paper's separate fine-tuning run does.
 
 What the measurement shows: time-to-target of the whole pipeline, pre-training included, against
 supervised training from scratch on the same number of images. The pre-training steps are cheap
@@ -145,8 +146,14 @@ class PatchMasking(Technique):
         return (per_patch * masked).sum() / masked.sum()
 
     def switch_to_labels(self, ctx) -> None:
+        """Start the labelled phase as the paper's fine-tuning starts: a fresh optimizer state (the
+        pre-training's second moments would otherwise shrink the first fine-tuning steps for about
+        1 / (1 - beta2) steps), and for a linear probe a frozen encoder."""
         self.pretraining = False
         ctx.run.extra["mae_switch_step"] = ctx.step
+        state = getattr(ctx.optimizer, "state", None)
+        if isinstance(state, dict):
+            state.clear()  # torch optimizers build it again, zeroed, at their next step
         if self.config.finetune == "linear":
             model = ctx.model
             for p in model.parameters():
