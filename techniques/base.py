@@ -28,6 +28,8 @@ import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from benchbed.workloads import WORKLOADS
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -75,6 +77,21 @@ class TechniqueError(ValueError):
     """A technique's config or combination is invalid; the message names the field."""
 
 
+def require_family(technique: Technique, cell: dict) -> None:
+    """Refuse, in one line, a workload whose model family the technique does not know how to edit
+    (``technique.families``; empty = any model). Techniques that edit a model call this first in
+    `validate`."""
+    families = technique.families
+    if not families:
+        return
+    workload = WORKLOADS.get(cell.get("workload", ""))
+    if workload is not None and workload.family not in families:
+        raise TechniqueError(
+            f"techniques.{technique.name}: edits {' or '.join(families)} models; workload "
+            f"'{workload.name}' is a {workload.family or 'unnamed'} model"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class NoOptions:
     """Config of a technique that takes no options."""
@@ -92,6 +109,9 @@ class Technique:
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
     # the step's FLOPs vary at random from step to step (layer drop): the FLOP counter samples more steps
     stochastic_flops: ClassVar[bool] = False
+    # model families (Workload.family) whose seams the technique edits; empty = any model. validate()
+    # refuses the others through require_family.
+    families: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

@@ -93,3 +93,32 @@ def test_select_batch_samples_by_the_chosen_score(score):
         i = int((pool.inputs == inputs).all(1).nonzero()[0])
         assert float(weight) == pytest.approx(1.0 / (12 * float(probs[i])), rel=1e-5)
     assert ctx.loss_fn.func is unbiased_weighted_loss
+
+
+def test_the_vit_bound_is_the_norm_of_the_logits_gradient_by_autograd():
+    workload = WORKLOADS["vit-tiny"]
+    torch.manual_seed(0)
+    model = workload.build_model().double()
+    data = workload.make_data()
+    inputs, targets = data.val_batches(5, workload.seq_len, 5)[0]
+    batch = Batch(inputs.double(), targets)
+    bound = workload.output_gradient_norm(model, batch)
+    logits = model(batch.inputs).detach().requires_grad_(True)
+    for i in range(5):  # d loss_i / d logits_i by autograd, one example at a time
+        (grad,) = torch.autograd.grad(
+            torch.nn.functional.cross_entropy(logits[i : i + 1], targets[i : i + 1]), logits
+        )
+        assert float(bound[i]) == pytest.approx(float(grad[i].norm()), rel=1e-6)
+
+
+def test_a_workload_without_the_bound_is_refused_at_load_unless_scoring_by_loss():
+    from benchbed.techniques import TechniqueError
+
+    cell = {"workload": "mlm-tiny", "techniques": ["grad_norm_sampling", "adamw"], "device": "cpu"}
+    bound = REGISTRY["grad_norm_sampling"](build_config(REGISTRY["grad_norm_sampling"], {}, "t"))
+    with pytest.raises(TechniqueError, match="no output-gradient norm"):
+        bound.validate(cell)
+    by_loss = REGISTRY["grad_norm_sampling"](
+        build_config(REGISTRY["grad_norm_sampling"], {"score": "loss"}, "t")
+    )
+    by_loss.validate(cell)

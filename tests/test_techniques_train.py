@@ -29,7 +29,7 @@ CPU_TECHNIQUES = [
     "early_bird",
     "progressive_stacking",
     "layer_drop",
-    "token_dropping",
+    "loss_token_masking",
     "grad_norm_sampling",
     "fp16_autocast",
     "bf16_autocast",

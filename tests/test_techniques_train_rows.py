@@ -143,8 +143,8 @@ def test_progressive_stacking_skips_the_top_half_then_copies_the_bottom_half():
 
 
 # -- data --------------------------------------------------------------------------------------------
-def test_token_dropping_masks_about_the_fraction_of_targets_and_keeps_inputs():
-    drop = make("token_dropping", {"drop_frac": 0.25})
+def test_loss_token_masking_masks_about_the_fraction_of_targets_and_keeps_inputs():
+    drop = make("loss_token_masking", {"drop_frac": 0.25})
     ctx = context([drop])
     b = batch(n=64)
     out = drop.select_batch(b, ctx)

@@ -2,19 +2,22 @@
 attention, learned absolute positions, tied input/output embeddings.
 
 Techniques change this model from the outside (checkpointing wraps blocks, LoRA swaps linears,
-ReZero/Fixup re-initialise residual branches, kernels swap attention and norms); the model keeps
-the seams they need as plain attributes: ``blocks``, ``attn_fn``, ``norm`` modules and the
-per-branch ``residual_scale`` hooks.
+ReZero/Fixup re-initialise residual branches, kernels swap attention and norms, random-LTD runs
+blocks on a subset of tokens); the model keeps the seams they need as plain attributes: ``blocks``,
+``attn_fn``, ``norm`` modules, the per-branch ``residual_scale`` hooks and ``token_subset``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchbed.models.tokens import run_on_subset
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,9 @@ class GPT(nn.Module):
         self.norm_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying
+        # token_subset(layer, x) -> positions [B, K] (sorted, so causality holds among them) that
+        # block `layer` runs on in training, or None for all; set by random-LTD
+        self.token_subset: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -128,8 +134,9 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds the model's {self.cfg.seq_len}")
         pos = torch.arange(T, device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            keep = self.token_subset(i, x) if self.token_subset is not None and self.training else None
+            x = run_on_subset(block, x, keep)
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

@@ -132,6 +132,7 @@ class EarlyBird(Technique):
     paper = "You et al. 2020, Drawing Early-Bird Tickets: Towards More Efficient Training of Deep Networks"
     Config = EarlyBirdConfig
     conflicts = ("snip",)
+    families = ("gpt",)  # the gates sit on the GPT's attention projection and MLP
 
     def __init__(self, config=None):
         super().__init__(config)

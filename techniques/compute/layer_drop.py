@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 
 
 def keep_probability(progress: float, index: int, n_blocks: int, theta_bar: float, gamma: float) -> float:
@@ -52,6 +52,10 @@ class LayerDrop(Technique):
     Config = LayerDropConfig
     conflicts = ("progressive_stacking",)
     stochastic_flops = True  # which blocks run is drawn every step: the FLOP counter samples more
+    families = ("gpt", "bert", "vit")
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def __init__(self, config=None):
         super().__init__(config)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 from benchbed.techniques.compute._masks import apply_masks, global_top_masks, mask_gradients, prunable_weights
 
 
@@ -51,6 +51,10 @@ class SNIP(Technique):
     paper = "Lee, Ajanthan & Torr 2019, SNIP: Single-shot Network Pruning based on Connection Sensitivity"
     Config = SNIPConfig
     conflicts = ("early_bird",)
+    families = ("gpt", "bert", "vit")
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def __init__(self, config=None):
         super().__init__(config)

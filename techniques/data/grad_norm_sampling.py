@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 
 from benchbed.techniques.base import Technique, TechniqueError, register
-from benchbed.workloads import Batch, Workload
+from benchbed.workloads import WORKLOADS, Batch, Workload
 
 SCORES = ("grad_norm_bound", "loss")
 
@@ -83,9 +83,12 @@ class GradNormSampling(Technique):
         self.generator: torch.Generator | None = None
 
     def validate(self, cell):
-        if "token_dropping" in cell.get("techniques", ()):
+        workload = WORKLOADS.get(cell.get("workload", ""))
+        no_bound = workload is not None and type(workload).output_gradient_norm is Workload.output_gradient_norm
+        if self.config.score == "grad_norm_bound" and no_bound:
             raise TechniqueError(
-                "techniques: grad_norm_sampling scores whole sequences; combine it without token_dropping"
+                f"techniques.grad_norm_sampling.score: workload '{workload.name}' has no output-gradient "
+                "norm to score by; use score = \"loss\" there"
             )
 
     def configure(self, run):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-from benchbed.techniques.base import Technique, TechniqueError, register
+from benchbed.techniques.base import Technique, TechniqueError, register, require_family
 from benchbed.techniques.hardware import check_backend, use_kernel
 
 
@@ -45,6 +45,10 @@ class FlashAttention(Technique):
     category = "hardware/efficient_attention"
     paper = "Dao 2023, FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning"
     Config = FlashAttentionConfig
+    families = ("gpt",)
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def build_model(self, model, ctx):
         attention = use_kernel(ctx, self.name, "flash_attention", self.config.backend)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 
 
 class _Checkpointed(torch.nn.Module):
@@ -29,12 +29,12 @@ class _Checkpointed(torch.nn.Module):
         self.recompute = recompute  # context of the recomputation (ctx.recompute)
         self.hold = hold  # reports the input the checkpoint keeps (ctx.hold_for_backward)
 
-    def forward(self, x):
+    def forward(self, x, *args, **kwargs):  # the encoder's blocks take a `context` too
         if not self.training:
-            return self.block(x)
+            return self.block(x, *args, **kwargs)
         if torch.is_grad_enabled():
             self.hold(x)
-        return checkpoint(self.block, x, use_reentrant=False, context_fn=self._contexts)
+        return checkpoint(self.block, x, *args, use_reentrant=False, context_fn=self._contexts, **kwargs)
 
     def _contexts(self):
         return nullcontext(), self.recompute()
@@ -57,6 +57,10 @@ class ActivationCheckpointing(Technique):
     category = "memory/rematerialization"
     paper = "Chen et al. 2016, Training Deep Nets with Sublinear Memory Cost"
     Config = CheckpointConfig
+    families = ("gpt", "bert", "vit")
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def build_model(self, model, ctx):
         blocks = model.blocks

@@ -162,6 +162,7 @@ class LoRA(Technique):
     paper = "Hu et al. 2022, LoRA: Low-Rank Adaptation of Large Language Models"
     Config = LoRAConfig
     conflicts = ("full_finetune", "frozen_base", "from_scratch")
+    families = ("gpt",)
 
     def validate(self, cell):
         require_gpt(self.name, cell, pretrained=True)
