@@ -9,15 +9,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from benchbed import plan
 from benchbed.analyse import traces
 from benchbed.results import store
 from benchbed.results.schema import new_row
 from benchbed.worker import profile
+
+if TYPE_CHECKING:  # the dashboard's packages are not on a GPU image; only the dashboard tests need them
+    from streamlit.testing.v1 import AppTest
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 
@@ -103,7 +106,8 @@ def test_trace_summary_sums_durations_by_name(tmp_path):
 
 def open_profiles(monkeypatch, directory: Path) -> AppTest:
     monkeypatch.setenv("BENCHBED_RESULTS", str(directory))
-    app = AppTest.from_file(str(APP), default_timeout=60)
+    testing = pytest.importorskip("streamlit.testing.v1", reason="the dashboard's packages are not installed")
+    app = testing.AppTest.from_file(str(APP), default_timeout=60)
     app.run()
     app.sidebar.radio(key="view").set_value("Profiles").run()
     assert not app.exception, [e.value for e in app.exception]
