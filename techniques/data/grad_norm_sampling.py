@@ -84,11 +84,13 @@ class GradNormSampling(Technique):
 
     def validate(self, cell):
         workload = WORKLOADS.get(cell.get("workload", ""))
-        no_bound = workload is not None and type(workload).output_gradient_norm is Workload.output_gradient_norm
+        no_bound = (
+            workload is not None and type(workload).output_gradient_norm is Workload.output_gradient_norm
+        )
         if self.config.score == "grad_norm_bound" and no_bound:
             raise TechniqueError(
                 f"techniques.grad_norm_sampling.score: workload '{workload.name}' has no output-gradient "
-                "norm to score by; use score = \"loss\" there"
+                'norm to score by; use score = "loss" there'
             )
 
     def configure(self, run):
