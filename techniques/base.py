@@ -7,7 +7,8 @@ knowing each other):
     -> per step: select_batch(batch, ctx) -> train_step(ctx, batch, step, inner) -> after_step(ctx)
 
 A technique that wraps the model (parallel wrappers) sets ``wraps_model = True`` so it is applied
-after every other ``build_model``. Every hook runs inside the training clock where it is called
+after every other ``build_model``; wrappers nest by ``wrap_order``, innermost first (tensor
+parallelism shards the layers before sharded data parallelism shards what is left). Every hook runs inside the training clock where it is called
 per step, so a technique is charged for all of its own work.
 """
 
@@ -77,6 +78,7 @@ class Technique:
     Config: ClassVar[type] = NoOptions
     provides_optimizer: ClassVar[bool] = False
     wraps_model: ClassVar[bool] = False
+    wrap_order: ClassVar[int] = 100  # wrappers are applied in this order (lowest = innermost)
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
 
     def __init__(self, config: Any = None):

@@ -206,7 +206,9 @@ def test_a_real_cell_writes_every_declared_column_and_nothing_else(tiny_scenario
         "idle_power_w", "net_energy_j", "max_memory_reserved_bytes", "nvml_peak_used_bytes", "mfu",
         "sample_lag_p99_s", "run_id", "git_sha", "telemetry_window_s",
     }  # fmt: skip
-    assert set(schema.CELL_COLUMN_NAMES) - written <= not_on_cpu
+    # what applies only to some cells: a pipeline's bubble, a bad exit after the row was written
+    not_this_cell = {"pipeline_bubble", "pipeline_idle_frac", "teardown_error"}
+    assert set(schema.CELL_COLUMN_NAMES) - written <= not_on_cpu | not_this_cell
 
 
 def test_new_row_refuses_an_undeclared_column():

@@ -17,6 +17,7 @@ import torch
 from benchbed.results import store
 from benchbed.results.schema import failure_row
 from benchbed.worker.cell import identity_row, train_cell
+from benchbed.worker.distributed import exit_now, is_distributed, teardown
 from benchbed.workloads import DataError
 
 
@@ -35,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(event, default=float), flush=True)
 
     leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    code = _train_and_write(spec, out_dir, emit, leader)
+    failed = teardown()  # every rank, after rank 0 has written its row
+    if failed:
+        print(f"benchbed cell: teardown failed: {failed}", file=sys.stderr)
+        return code or 3  # the row stands; the exit code says the processes did not end cleanly
+    return code
+
+
+def _train_and_write(spec: dict, out_dir: Path, emit, leader: bool) -> int:
     try:
         row, curves, telemetry = train_cell(spec, emit=emit if leader else lambda event: None)
     except DataError as exc:
@@ -50,4 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if is_distributed():
+        exit_now(code)  # skip interpreter teardown: the row is written and the group destroyed
+    sys.exit(code)

@@ -17,10 +17,11 @@ import traceback
 import pandas as pd
 import torch
 
+from benchbed.measure import ranks
 from benchbed.measure.flops import mfu
 from benchbed.measure.telemetry import Telemetry
 from benchbed.plan import Cell
-from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
+from benchbed.results.schema import CELL_COLUMN_NAMES, CURVE_COLUMN_NAMES, new_row, now_iso
 from benchbed.worker.assemble import build, default_device, run_settings
 from benchbed.worker.context import TrainContext
 from benchbed.worker.loop import seed_everything, train
@@ -57,6 +58,33 @@ def identity_row(spec: dict) -> dict:
         torch_version=torch.__version__,
         started_at=now_iso(),
     )
+
+
+def _per_rank(ctx: TrainContext, saved_bytes: float) -> list[dict]:
+    """Every rank's memory figures (a collective under torch.distributed: every rank calls it after
+    training), with the per-rank numbers a technique left in ``run.extra["per_rank"]`` (a dict, or a
+    callable giving one now); the table goes into the run notes too."""
+    run = ctx.run
+    extra = run.extra.pop("per_rank", None)
+    if callable(extra):
+        extra = extra()
+    per_rank = ranks.gather(
+        ranks.rank_figures(ctx.model, ctx.optimizer, saved_bytes, run.device, run.rank, extra)
+    )
+    if run.world_size > 1:
+        run.extra["memory_per_rank"] = "\n" + ranks.table(per_rank)
+    return per_rank
+
+
+def _rank_means(per_rank: list[dict]) -> dict:
+    """A technique's per-rank figure named like a declared column (e.g. ``pipeline_idle_frac``)
+    fills that column with its mean over ranks."""
+    keys = {k for r in per_rank for k in r} & set(CELL_COLUMN_NAMES) - set(ranks.RANK_FIGURES)
+    out = {}
+    for key in keys:
+        values = [float(r[key]) for r in per_rank if isinstance(r.get(key), (int, float))]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
 
 
 def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -119,6 +147,7 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         traceback.print_exc()
     finally:
         summary = telemetry.stop()
+    per_rank = _per_rank(ctx, outcome.pop("saved_activation_peak_bytes", math.nan))
     curves = pd.DataFrame(outcome.pop("curves", []))
     if len(curves):
         curves.insert(0, "cell_id", cell.cell_id)
@@ -130,9 +159,17 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
     row["error"] = outcome.get("error")
     model = ctx.model
     flops_per_token = workload.flops_per_token(model)
+    # a pipeline stage holds part of the model and says how large the whole is
+    params, trainable = getattr(model, "whole_model_params", None) or (
+        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
     row.update(
-        params=sum(p.numel() for p in model.parameters()),
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        params=params,
+        trainable_params=trainable,
+        memory_per_rank_json=json.dumps(per_rank, default=float),
+        **_rank_means(per_rank),
+        **run.columns,
         flops_per_token=flops_per_token,
         mfu=mfu(flops_per_token, row["tokens_per_s"], device),
         wall_time_s=time.perf_counter() - wall0,

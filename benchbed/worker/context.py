@@ -43,13 +43,33 @@ class RunSettings:
     stop_at_target: bool = True
     autocast_dtype: torch.dtype | None = None
     grad_scaling: bool = False  # fp16 needs a GradScaler; bf16 does not
-    world_size: int = 1  # processes training together (data parallelism); tokens count all of them
+    world_size: int = 1  # processes training together
     rank: int = 0
+    # data parallelism: ranks reading distinct slices of each global batch, and this rank's slice
+    # (None: every process is a data-parallel rank). Tensor and pipeline parallel ranks share a slice.
+    data_parallel_size: int | None = None
+    data_parallel_rank: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # technique-to-loop notes, recorded in results
+    # result columns a technique measured itself (each declared in results/schema.py)
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size if self.data_parallel_size is None else self.data_parallel_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank if self.data_parallel_rank is None else self.data_parallel_rank
+
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step over all data-parallel ranks (`batch_size` is per rank)."""
+        return self.batch_size * self.dp_size
 
     @property
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
+        """Global tokens per optimizer step: the budget counts every data-parallel rank's batch."""
+        return self.global_batch_size * self.seq_len
 
     @property
     def total_steps(self) -> int | None:
@@ -77,6 +97,12 @@ class TrainContext:
             workload.loss if workload is not None else None
         )
         self.scaler: torch.amp.GradScaler | None = None
+        # seams parallel techniques replace: evaluation (a pipeline evaluates across its stages) and
+        # gradient clipping (the norm of sharded or staged gradients is a collective)
+        self.evaluate_fn = workload.evaluate if workload is not None else None
+        self.clip_grads: Callable[[float], Any] = lambda max_norm: torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), max_norm
+        )
         self.step = 0
         self.tokens = 0
         self.train_time_s = 0.0
@@ -105,7 +131,7 @@ class TrainContext:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.run.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip)
+            self.clip_grads(self.run.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

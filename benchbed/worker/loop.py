@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from benchbed.measure.ranks import SavedActivations
 from benchbed.worker.context import TrainContext, compose_step
 from benchbed.workloads import Batch
 
@@ -32,7 +33,15 @@ def sync(device: torch.device) -> None:
 
 def evaluate(ctx: TrainContext, val_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """The workload's evaluation metric on the validation batches (the target is on it)."""
-    return ctx.workload.evaluate(ctx.model, val_batches, ctx.device, ctx.autocast)
+    return ctx.evaluate_fn(ctx.model, val_batches, ctx.device, ctx.autocast)
+
+
+def data_shard(batches, rank: int, size: int):
+    """This data-parallel rank's slice of each global batch: ranks together train on exactly the
+    batches a single process reads at the global batch size (same seed), so a parallel cell and a
+    single-process cell at the same global batch see the same data."""
+    for inputs, targets in batches:
+        yield inputs[rank * size : (rank + 1) * size], targets[rank * size : (rank + 1) * size]
 
 
 class Diverged(RuntimeError):
@@ -59,8 +68,10 @@ def train(
     run = ctx.run
     device = run.device
     val_batches = data.val_batches(run.batch_size, run.seq_len, ctx.workload.val_sequences)
-    # each data-parallel rank reads its own stream; rank 0's is the single-process stream
-    train_iter = data.train_batches(run.batch_size, run.seq_len, run.seed + 1_000_003 * run.rank)
+    # every rank reads the global stream and keeps its data-parallel slice (all of it when alone)
+    train_iter = data.train_batches(run.global_batch_size, run.seq_len, run.seed)
+    if run.dp_size > 1:
+        train_iter = data_shard(train_iter, run.dp_rank, run.batch_size)
     step_fn = compose_step(ctx)
     curves: list[dict] = []
     result: dict[str, Any] = {
@@ -102,7 +113,7 @@ def train(
     while True:
         inputs, targets = next(train_iter)
         batch = Batch(inputs, targets).to(device)
-        n_tokens = batch.n_tokens * run.world_size
+        n_tokens = batch.n_tokens * run.dp_size  # global tokens
         warmup = ctx.step == 0  # lazy init / compilation: timed separately, outside the energy windows
         sync(device)
         if not warmup:
@@ -113,7 +124,12 @@ def train(
         factor = ctx.lr_factor()
         for group in ctx.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-        loss = step_fn(batch, ctx.step)
+        if warmup:  # the activations kept for backward, counted on the step timed apart
+            with SavedActivations(device) as saved:
+                loss = step_fn(batch, ctx.step)
+            result["saved_activation_peak_bytes"] = float(saved.peak)
+        else:
+            loss = step_fn(batch, ctx.step)
         for t in ctx.techniques:
             t.after_step(ctx)
         sync(device)
@@ -162,7 +178,7 @@ def train(
         warmup_time_s=warmup_time_s,
         steps=ctx.step,
         tokens=ctx.tokens,
-        tokens_per_s=(ctx.tokens - run.tokens_per_step * run.world_size) / ctx.train_time_s
+        tokens_per_s=(ctx.tokens - run.tokens_per_step) / ctx.train_time_s
         if ctx.train_time_s > 0
         else math.nan,
         curves=curves,
