@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchbed.results import store
 from benchbed.results.schema import failure_row, now_iso
+from benchbed.run.teardown import mtime, written_row
 
 STDERR_TAIL_CHARS = 2000
 
@@ -58,6 +59,8 @@ def run_cell_subprocess(
         spec_path = f.name
     env = {**os.environ, **(cell_env or {}), "PYTHONUNBUFFERED": "1"}
     timed_out = threading.Event()
+    part = out_dir / store.PARTS / spec["cell_id"] / "row.json"
+    part_before = mtime(part)  # a part from an earlier attempt is not this launch's row
     with tempfile.TemporaryFile(mode="w+", dir=out_dir) as stderr_file:
         launcher = [sys.executable]
         if spec.get("world_size", 1) > 1:  # real torch.distributed: one process per rank
@@ -99,13 +102,19 @@ def run_cell_subprocess(
             os.unlink(spec_path)
         stderr_file.seek(0)
         tail = "".join(deque(stderr_file, maxlen=200))[-STDERR_TAIL_CHARS:]
-    part = out_dir / store.PARTS / spec["cell_id"] / "row.json"
-    if proc.returncode == 0 and part.is_file():
-        return json.loads(part.read_text())
-    if part.is_file() and not timed_out.is_set() and proc.returncode == 1:
-        return json.loads(part.read_text())  # the cell recorded its own failure (bad data)
     status = _classify_crash(proc.returncode, tail, timed_out.is_set())
     reason = f"timed out after {timeout_s:g} s" if status == "timeout" else f"exit code {proc.returncode}"
+    # the cell's own row (a clean exit, or a failure it recorded); labelled if it ended badly after it
+    row = written_row(
+        out_dir,
+        spec["cell_id"],
+        part_before,
+        proc.returncode,
+        timed_out.is_set(),
+        f"{reason}; stderr tail:\n{tail}",
+    )
+    if row is not None:
+        return row
     known = {
         **spec["identity"],
         **{key: spec.get(key) for key in ("run_id", "git_sha", "torch_version")},
