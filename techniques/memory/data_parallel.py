@@ -12,6 +12,10 @@ rank reads its own data stream and only rank 0 reports. ``validate`` checks the 
 scenario is loaded (enough GPUs) and, inside the launched cell, that WORLD_SIZE matches; a cell not
 launched that way is refused naming the option. The process group is created here if the launcher
 did not create it (NCCL on CUDA, Gloo on the CPU).
+
+Each rank trains on its slice of the global batch (the batches one process reads at
+``world_size x batch_size``), and the training loss reported is the global batch's mean,
+all-reduced so every rank sees the same value and takes the same decisions (divergence, target).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from benchbed.techniques.base import Technique, TechniqueError, register
+from benchbed.techniques.memory._parallel import mean_over
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,6 @@ class DataParallel(Technique):
         return DistributedDataParallel(
             model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
         )
+
+    def train_step(self, ctx, batch, step, inner):
+        return mean_over(inner(batch))  # the global batch's loss, the same on every rank
