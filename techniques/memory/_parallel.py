@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import Replicate
 
 from benchbed.techniques.base import CATEGORIES, REGISTRY, Technique, TechniqueError
 
@@ -136,8 +137,8 @@ def _groups_to_sum(grad) -> list[Any]:
     for dim, placement in enumerate(grad.placements):
         if placement.is_replicate():
             continue
-        if placement.is_partial():  # never left by backward; a sum of norms would be wrong
-            raise RuntimeError(f"gradient with a pending reduction ({grad.placements}) cannot be clipped")
+        if placement.is_partial():  # clip_grad_norm reduces these first: a sum of norms would be wrong
+            raise RuntimeError(f"gradient with a pending reduction ({grad.placements})")
         groups.append(grad.device_mesh.get_group(dim))
     return groups
 
@@ -160,6 +161,11 @@ def clip_grad_norm(params, max_norm: float, stage_group=None, skip: tuple = ()) 
             continue
         g = p.grad
         if hasattr(g, "to_local"):
+            if any(pl.is_partial() for pl in g.placements):
+                # a pending sum (sequence-parallel norms' gradients): ||sum of parts|| needs the sum
+                g = g.redistribute(
+                    g.device_mesh, [Replicate() if pl.is_partial() else pl for pl in g.placements]
+                )
             groups = _groups_to_sum(g)
             key = tuple(id(x) for x in groups)
             sq = torch.linalg.vector_norm(g.to_local().float()) ** 2
