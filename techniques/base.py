@@ -8,9 +8,12 @@ knowing each other):
                  [inside the step, before clipping: on_gradients(ctx)] -> after_step(ctx)
 
 A technique that wraps the model (parallel wrappers) sets ``wraps_model = True`` so it is applied
-after every other ``build_model``. Every hook runs inside the training clock where it is called
-per step, so a technique is charged for all of its own work, the first step's included (the
-excluded warm-up step is the same for every cell and runs no technique hook).
+after every other ``build_model``; wrappers nest by ``wrap_order``, innermost first (tensor
+parallelism shards the layers before sharded data parallelism shards what is left). Every hook runs
+inside the training clock where it is called per step, so a technique is charged for all of its own
+work, the first step's included (the excluded warm-up step is the same for every cell and runs no
+technique hook; a technique that replaces the whole step, a pipeline schedule, supplies the warm-up
+step through ``ctx.warm_up_step``).
 
 Fairness duties: a technique that changes the batch (per-process batch, process count, a pool it
 selects from) does it in `configure` through ``run.change_batch(...)``, naming the learning-rate
@@ -106,6 +109,10 @@ class Technique:
     Config: ClassVar[type] = NoOptions
     provides_optimizer: ClassVar[bool] = False
     wraps_model: ClassVar[bool] = False
+    wrap_order: ClassVar[int] = 100  # wrappers are applied in this order (lowest = innermost)
+    # the model is split over processes (sharded or staged): the worker's off-clock replica of a step
+    # cannot run, so FLOPs are not counted and memory is read per rank
+    splits_model: ClassVar[bool] = False
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
     # the step's FLOPs vary at random from step to step (layer drop): the FLOP counter samples more steps
     stochastic_flops: ClassVar[bool] = False

@@ -87,6 +87,7 @@ CELL_COLUMNS: list[Column] = [
         """
         status  str  reached | budget_exhausted | diverged | oom | error | timeout | killed
         error  str  why a cell failed or diverged (None otherwise)
+        teardown_error  str  the cell trained and wrote its row, then its processes did not exit cleanly (why; None when they did): the result stands
         loss_floor  float  the data's exact loss floor in nats where known, NaN otherwise
         final_val_loss  float  validation loss at the last evaluation
         best_val_loss  float  lowest validation loss seen
@@ -126,6 +127,8 @@ CELL_COLUMNS: list[Column] = [
         finished_at  str  UTC finish time (ISO 8601)
         sample_count  float  telemetry samples taken
         sample_lag_p99_s  float  99th percentile of sample lateness
+        pipeline_bubble  float  pipeline parallelism: the schedule's idle fraction (p-1)/(m+p-1) for p stages and m microbatches
+        pipeline_idle_frac  float  pipeline parallelism: measured fraction of the schedule's time a stage did no compute (bubble plus communication), mean over stages
         """,
     ),
     *_columns(
@@ -159,6 +162,7 @@ CELL_COLUMNS: list[Column] = [
         param_bytes  float  bytes of the model's parameters (distinct storages)
         grad_bytes  float  bytes of the gradients after a step's backward (counted steps, largest)
         optimizer_state_bytes  float  bytes of the optimizer's state tensors (counted steps, largest)
+        memory_per_rank_json  str  every rank's local param, grad, optimizer-state and peak saved-activation bytes (JSON list, rank order)
         """,
     ),
     *_columns(

@@ -22,6 +22,7 @@ from pathlib import Path
 from benchbed.results import store
 from benchbed.results.schema import failure_row, now_iso
 from benchbed.run import crash
+from benchbed.run.teardown import label_teardown
 
 STDERR_TAIL_CHARS = 2000
 
@@ -123,8 +124,13 @@ def run_cell_subprocess(
         stderr_file.seek(0)
         tail = "".join(deque(stderr_file, maxlen=200))[-STDERR_TAIL_CHARS:]
     if _part_stamp(part) != stamp_before and store.part_damage(part) is None:
-        # the cell wrote its outcome (a bad-data error included) before it exited, however it exited
-        return json.loads((part / "row.json").read_text())
+        # the cell wrote its outcome (a bad-data error included) before it exited, however it exited;
+        # if its processes then ended badly (a rank dying at teardown) the row stands, labelled
+        row = json.loads((part / "row.json").read_text())
+        if proc.returncode != 0 or timed_out.is_set():
+            how = f"timed out after {timeout_s:g} s" if timed_out.is_set() else f"exit code {proc.returncode}"
+            row = label_teardown(part, row, f"{how}; stderr tail:\n{tail}".strip())
+        return row
     if write_failed is not None:  # disk full: not the cell's outcome; no row, the run stops
         raise OSError(write_failed.get("errno"), write_failed.get("reason"), write_failed.get("filename"))
     evidence = crash.Evidence(

@@ -2,7 +2,8 @@
 
 Trains the cell the spec describes and writes ``OUT_DIR/parts/<cell_id>/`` atomically. Progress
 goes to stdout as JSON lines (``{"event": "eval", ...}``) for the runner's progress bar. Under
-torchrun only rank 0 reports and writes. A part that cannot be written (disk full) is reported as
+torchrun only rank 0 reports and writes; then every rank tears the process group down together
+(``worker/distributed.py``). A part that cannot be written (disk full) is reported as
 ``{"event": "write_failed", "errno", "filename", "reason"}``: that says nothing about the cell, so
 the runner stops the run without a row for it, and a resume runs it again. A scenario's
 ``[profile]`` adds a profiler trace of the cell after its part is written (``worker/profile.py``).
@@ -23,6 +24,7 @@ from benchbed.results import store
 from benchbed.results.schema import failure_row
 from benchbed.text import os_error_reason
 from benchbed.worker.cell import identity_row, train_cell
+from benchbed.worker.distributed import exit_now, is_distributed, teardown
 from benchbed.workloads import DataError
 
 
@@ -42,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(event, default=float), flush=True)
 
     leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    code = _train_and_write(spec, out_dir, emit, leader, started)
+    failed = teardown()  # every rank, after rank 0 has written its row
+    if failed:
+        print(f"benchbed cell: teardown failed: {failed}", file=sys.stderr)
+        return code or 3  # the row stands; the exit code says the processes did not end cleanly
+    return code
 
+
+def _train_and_write(spec: dict, out_dir: Path, emit, leader: bool, started: float) -> int:
     def write(row, curves=None, telemetry=None) -> bool:
         try:
             store.write_part(out_dir, spec["cell_id"], row, curves, telemetry)
@@ -68,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if not write(row, curves, telemetry):
             return 1
         emit({"event": "done", "status": row["status"]})
-    if spec.get("profile"):  # after the row is written: a profile never touches the timed run
+    if spec.get("profile") and not is_distributed():  # after the row: never touches the timed run
         from benchbed.worker.profile import add_profile
 
         add_profile(out_dir, spec, spec["profile"], row, started)
@@ -76,4 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if is_distributed():
+        exit_now(code)  # skip interpreter teardown: the row is written and the group destroyed
+    sys.exit(code)

@@ -64,7 +64,8 @@ def build(ctx: TrainContext) -> None:
     torch.manual_seed(run.seed)
     model: torch.nn.Module = ctx.workload.build_model().to(run.device)
     ctx.model = model
-    ordered = [t for t in ctx.techniques if not t.wraps_model] + [t for t in ctx.techniques if t.wraps_model]
+    wrappers = sorted((t for t in ctx.techniques if t.wraps_model), key=lambda t: t.wrap_order)
+    ordered = [t for t in ctx.techniques if not t.wraps_model] + wrappers
     for t in ordered:
         ctx.model = t.build_model(ctx.model, ctx)
     ctx.make_optimizer()

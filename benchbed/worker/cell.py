@@ -18,13 +18,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchbed.measure import carbon
+from benchbed.measure import carbon, ranks
 from benchbed.measure.flops import utilisation
 from benchbed.measure.machine import cpu_model
 from benchbed.measure.memory import storage_bytes
 from benchbed.measure.telemetry import Telemetry
 from benchbed.plan import Cell
-from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
+from benchbed.results.schema import CELL_COLUMN_NAMES, CURVE_COLUMN_NAMES, new_row, now_iso
 from benchbed.worker import artifacts
 from benchbed.worker.assemble import build, configure, default_device, run_settings
 from benchbed.worker.context import TrainContext
@@ -63,6 +63,33 @@ def identity_row(spec: dict) -> dict:
         threads=torch.get_num_threads(),
         started_at=now_iso(),
     )
+
+
+def _per_rank(ctx: TrainContext, saved_bytes: float) -> list[dict]:
+    """Every rank's memory figures (a collective under torch.distributed: every rank calls it after
+    training), with the per-rank numbers a technique left in ``run.extra["per_rank"]`` (a dict, or a
+    callable giving one now); the table goes into the run notes too."""
+    run = ctx.run
+    extra = run.extra.pop("per_rank", None)
+    if callable(extra):
+        extra = extra()
+    per_rank = ranks.gather(
+        ranks.rank_figures(ctx.model, ctx.optimizer, saved_bytes, run.device, run.rank, extra)
+    )
+    if run.world_size > 1:
+        run.extra["memory_per_rank"] = "\n" + ranks.table(per_rank)
+    return per_rank
+
+
+def _rank_means(per_rank: list[dict]) -> dict:
+    """A technique's per-rank figure named like a declared column (e.g. ``pipeline_idle_frac``)
+    fills that column with its mean over ranks."""
+    keys = {k for r in per_rank for k in r} & set(CELL_COLUMN_NAMES) - set(ranks.RANK_FIGURES)
+    out = {}
+    for key in keys:
+        values = [float(r[key]) for r in per_rank if isinstance(r.get(key), (int, float))]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
 
 
 def cell_run_settings(cell: Cell, workload, device: torch.device):
@@ -141,6 +168,9 @@ def train_cell(
     measured = outcome.pop("measured", {})
     if "cuda_peak_allocated_bytes" in measured and summary.get("mem_source") == "cuda_max_allocated":
         summary["peak_mem_bytes"] = measured["cuda_peak_allocated_bytes"]  # the replicas' copies left out
+    per_rank = _per_rank(
+        ctx, outcome.pop("saved_activation_peak_bytes", measured.get("saved_activation_bytes", math.nan))
+    )
     curves = pd.DataFrame(outcome.pop("curves", []))
     if len(curves):
         curves.insert(0, "cell_id", cell.cell_id)
@@ -158,8 +188,11 @@ def train_cell(
     row.update(artifacts.pipeline_columns(row, input_metas))
     if workload.saves_checkpoint and artifacts_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         artifacts.save_stage(model, cell, artifacts_dir, row)
-    row.update(measured_columns(ctx, workload, measured, row["steps"], row["tokens_per_s"]))
+    row.update(measured_columns(ctx, workload, measured, row["steps"], row["tokens_per_s"], per_rank))
     row.update(
+        memory_per_rank_json=json.dumps(per_rank, default=float),
+        **_rank_means(per_rank),
+        **run.columns,
         wall_time_s=time.perf_counter() - wall0,
         finished_at=now_iso(),
         run_extra=json.dumps({**run.extra, "batch_changes": run.batch_changes}, default=str),
@@ -168,18 +201,32 @@ def train_cell(
     return row, curves[CURVE_COLUMN_NAMES], telemetry.samples()
 
 
-def measured_columns(ctx: TrainContext, workload, measured: dict, steps: float, tokens_per_s: float) -> dict:
+def measured_columns(
+    ctx: TrainContext,
+    workload,
+    measured: dict,
+    steps: float,
+    tokens_per_s: float,
+    per_rank: list[dict] | None = None,
+) -> dict:
     """Batch, FLOPs and memory columns of a cell: the budget unit, the counted FLOPs per token with
-    MFU/HFU, and the bytes of parameters, gradients, optimizer state and saved activations."""
+    MFU/HFU, and the bytes of parameters, gradients, optimizer state and saved activations. A model
+    split over processes (no counted step) takes rank 0's own figures from `per_rank`."""
     run, model = ctx.run, ctx.model
     nan = math.nan
+    split = any(t.splits_model for t in ctx.techniques)
+    # a pipeline stage holds part of the model and says how large the whole is
+    params, trainable = getattr(model, "whole_model_params", None) or (
+        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
     cols = {
         "global_batch_size": run.global_batch_size,
         "world_size": run.world_size,
         "lr_rule": run.lr_rule,
-        "params": sum(p.numel() for p in model.parameters()),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "param_bytes": float(storage_bytes(model.parameters())),
+        "params": params,
+        "trainable_params": trainable,
+        "param_bytes": nan if split else float(storage_bytes(model.parameters())),
         "flops_per_token": workload.flops_per_token(model),
     }
     sampler = measured.get("sampler")
@@ -196,6 +243,11 @@ def measured_columns(ctx: TrainContext, workload, measured: dict, steps: float, 
         grad_bytes=float(measured["grad_bytes"]) if counted else nan,
         optimizer_state_bytes=float(measured["optimizer_state_bytes"]) if counted else nan,
     )
+    if split and not counted and per_rank:
+        mine = per_rank[0]  # rank 0's own tensors; every rank's are in memory_per_rank_json
+        for key in ("param_bytes", "grad_bytes", "optimizer_state_bytes", "saved_activation_bytes"):
+            value = mine.get(key)
+            cols[key] = float(value) if isinstance(value, (int, float)) else nan
     if measured.get("errors"):
         run.extra["measure_errors"] = measured["errors"]
     return cols

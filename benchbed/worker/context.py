@@ -56,19 +56,33 @@ class RunSettings:
     stop_at_target: bool = True
     autocast_dtype: torch.dtype | None = None
     grad_scaling: bool = False  # fp16 needs a GradScaler; bf16 does not
-    world_size: int = 1  # processes training together (data parallelism); tokens count all of them
+    world_size: int = 1  # processes training together
     rank: int = 0
     # sequences read per step and process when a technique trains on a selection from a larger pool
     # (importance sampling); None: batch_size. Only the trained (selected) batch counts against the budget.
     read_batch_size: int | None = None
     lr_rule: str = "none"  # the learning-rate rule applied for a changed batch (recorded as `lr_rule`)
     batch_changes: list[dict[str, Any]] = field(default_factory=list)  # who changed the batch, how
+    # data parallelism: ranks reading distinct slices of each global batch, and this rank's slice
+    # (None: every process is a data-parallel rank). Tensor and pipeline parallel ranks share a slice.
+    data_parallel_size: int | None = None
+    data_parallel_rank: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # technique-to-loop notes, recorded in results
+    # result columns a technique measured itself (each declared in results/schema.py)
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size if self.data_parallel_size is None else self.data_parallel_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank if self.data_parallel_rank is None else self.data_parallel_rank
 
     @property
     def global_batch_size(self) -> int:
-        """Sequences trained per optimizer step over all processes."""
-        return self.batch_size * self.world_size
+        """Sequences per optimizer step over all data-parallel ranks (`batch_size` is per rank)."""
+        return self.batch_size * self.dp_size
 
     @property
     def loaded_batch_size(self) -> int:
@@ -145,6 +159,15 @@ class TrainContext:
             workload.loss if workload is not None else None
         )
         self.scaler: torch.amp.GradScaler | None = None
+        # seams parallel techniques replace: evaluation (a pipeline evaluates across its stages) and
+        # gradient clipping (the norm of sharded or staged gradients is a collective)
+        self.evaluate_fn = workload.evaluate if workload is not None else None
+        self.clip_grads: Callable[[float], Any] = lambda max_norm: torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), max_norm
+        )
+        # the warm-up step's forward, backward and update, for a technique whose step replaces them
+        # (a pipeline schedule); None: `forward_backward` and `optimizer_step` (worker/offclock.py)
+        self.warm_up_step: Callable[[Batch], Any] | None = None
         self.step = 0
         self.tokens = 0
         self.train_time_s = 0.0
@@ -205,7 +228,7 @@ class TrainContext:
         for t in self.techniques:
             t.on_gradients(self)
         if self.run.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip)
+            self.clip_grads(self.run.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

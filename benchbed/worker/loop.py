@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from benchbed.measure.flops import FlopSampler
+from benchbed.measure.ranks import SavedActivations
 from benchbed.worker.context import TrainContext, compose_step, run_step
 from benchbed.worker.offclock import measure_step, warm_up
 from benchbed.workloads import Batch
@@ -44,8 +45,17 @@ def sync(device: torch.device) -> None:
 
 def evaluate(ctx: TrainContext, val_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """The workload's evaluation metric on the validation batches (the target is on it), in float32
-    for every cell: no autocast, whatever precision the cell trains in."""
-    return ctx.workload.evaluate(ctx.model, val_batches, ctx.device)
+    for every cell: no autocast, whatever precision the cell trains in. A pipeline replaces
+    `ctx.evaluate_fn` (its stages evaluate together)."""
+    return ctx.evaluate_fn(ctx.model, val_batches, ctx.device)
+
+
+def data_shard(batches, rank: int, size: int):
+    """This data-parallel rank's slice of each global batch: ranks together train on exactly the
+    batches a single process reads at the global batch size (same seed), so a parallel cell and a
+    single-process cell at the same global batch see the same data."""
+    for inputs, targets in batches:
+        yield inputs[rank * size : (rank + 1) * size], targets[rank * size : (rank + 1) * size]
 
 
 class Diverged(RuntimeError):
@@ -77,8 +87,12 @@ def train(
     run = ctx.run
     device = run.device
     val_batches = data.val_batches(run.batch_size, run.seq_len, ctx.workload.val_sequences)
-    # each data-parallel rank reads its own stream; rank 0's is the single-process stream
-    train_iter = data.train_batches(run.loaded_batch_size, run.seq_len, run.seed + 1_000_003 * run.rank)
+    # every rank reads the global stream (the single process's at the global batch, same seed) and
+    # keeps its data-parallel slice; a selecting technique's pool is read the same way
+    pool = run.loaded_batch_size
+    train_iter = data.train_batches(pool * run.dp_size, run.seq_len, run.seed)
+    if run.dp_size > 1:
+        train_iter = data_shard(train_iter, run.dp_rank, pool)
     step_fn = compose_step(ctx)
     # a step whose FLOPs are drawn at random (layer drop) needs more counted steps for its mean
     sampler = FlopSampler(fractions=16 if any(t.stochastic_flops for t in ctx.techniques) else 4)
@@ -124,12 +138,27 @@ def train(
     next_eval = run.eval_every_tokens
     ctx.model.train()
     # lazy initialisation and compilation: one step, the same for every cell, undone afterwards
-    warm_inputs, warm_targets = next(data.train_batches(run.batch_size, run.seq_len, WARMUP_SEED + run.rank))
+    # (a replica's tensor/pipeline ranks take the same batch)
+    warm_inputs, warm_targets = next(
+        data.train_batches(run.batch_size, run.seq_len, WARMUP_SEED + run.dp_rank)
+    )
     sync(device)
     t0 = clock()
-    warm_up(ctx, Batch(warm_inputs, warm_targets).to(device))
+    if run.world_size > 1:  # this rank's activations kept for backward, for the per-rank table
+        with SavedActivations(device) as saved:
+            warm_up(ctx, Batch(warm_inputs, warm_targets).to(device))
+        result["saved_activation_peak_bytes"] = float(saved.peak)
+    else:
+        warm_up(ctx, Batch(warm_inputs, warm_targets).to(device))
     sync(device)
     warmup_time_s = clock() - t0
+    if measure and any(t.splits_model for t in ctx.techniques):
+        # a replica of a model split over processes would need processes of its own: FLOPs NaN, and
+        # the memory figures come from each rank's own tensors (memory_per_rank_json)
+        measure = False
+        measured["errors"].append(
+            "not counted: the model is split over processes (fsdp, tensor or pipeline parallel)"
+        )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     while True:
@@ -163,7 +192,7 @@ def train(
             model_changes = ctx.model_changes
             sampler.model_changed()
         ctx.step += 1
-        ctx.tokens += trained * run.world_size
+        ctx.tokens += trained * run.dp_size  # global tokens: tensor/pipeline ranks share a slice
         train_losses.append(loss.float())
         loss_value = float(loss) if (device.type == "cpu" or ctx.step % 10 == 0) else None
         if loss_value is not None and (not math.isfinite(loss_value) or loss_value > divergence_limit):

@@ -48,8 +48,11 @@ def warm_up(ctx: TrainContext, batch: Batch) -> None:
     lrs = [group["lr"] for group in ctx.optimizer.param_groups]
     with torch.random.fork_rng(devices=_devices(ctx)):
         ctx.zero_grad()
-        ctx.forward_backward(batch)
-        ctx.optimizer_step()
+        if ctx.warm_up_step is not None:  # a technique that replaces the step (a pipeline schedule)
+            ctx.warm_up_step(batch)
+        else:
+            ctx.forward_backward(batch)
+            ctx.optimizer_step()
         ctx.zero_grad()
     with torch.no_grad():
         ctx.model.load_state_dict(model_state)

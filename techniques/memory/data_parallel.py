@@ -17,11 +17,15 @@ Combined with ``lr_scaling`` (which already scales for the global batch) only ``
 accepted, so no batch is scaled for twice.
 
 How it is launched: ``processes()`` returns ``world_size``, so the runner starts the cell with
-``torchrun --nproc-per-node=N`` (which sets RANK, LOCAL_RANK, WORLD_SIZE and MASTER_ADDR/PORT); each
-rank reads its own data stream and only rank 0 reports. ``validate`` checks the plan when the
+``torchrun --nproc-per-node=N`` (which sets RANK, LOCAL_RANK, WORLD_SIZE and MASTER_ADDR/PORT); only
+rank 0 reports. ``validate`` checks the plan when the
 scenario is loaded (enough GPUs) and, inside the launched cell, that WORLD_SIZE matches; a cell not
 launched that way is refused naming the option. The process group is created here if the launcher
 did not create it (NCCL on CUDA, Gloo on the CPU).
+
+Each rank trains on its slice of the global batch (the batches one process reads at
+``world_size x batch_size``), and the training loss reported is the global batch's mean,
+all-reduced so every rank sees the same value and takes the same decisions (divergence, target).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from benchbed.techniques.base import Technique, TechniqueError, register
 from benchbed.techniques.compute.lr_scaling import scaled_lr
+from benchbed.techniques.memory._parallel import mean_over
 
 
 @dataclass(frozen=True)
@@ -109,3 +114,6 @@ class DataParallel(Technique):
         return DistributedDataParallel(
             model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
         )
+
+    def train_step(self, ctx, batch, step, inner):
+        return mean_over(inner(batch))  # the global batch's loss, the same on every rank
