@@ -10,6 +10,7 @@ import torch
 from benchbed.models.vit import ViT, ViTConfig, patchify
 from benchbed.techniques import REGISTRY, TechniqueError, build_config
 from benchbed.techniques.compute.convit import GPSA, head_offsets, relative_positions
+from benchbed.techniques.data.patch_masking import warmup_cosine
 from benchbed.worker.assemble import build_context, run_settings
 from benchbed.worker.context import compose_step
 from benchbed.workloads import WORKLOADS, Batch
@@ -133,6 +134,49 @@ def test_patch_masking_pretrains_then_trains_on_labels_on_one_clock():
     assert encoder_weight not in ctx.optimizer.state
     assert int(ctx.optimizer.state[ctx.model.head.weight]["step"]) == 2
     assert any(n.startswith("mae_decoder.") for n, _ in ctx.model.named_parameters())
+
+
+def test_mae_labelled_phase_trains_the_whole_classifier_on_every_patch():
+    """What could keep the fine-tuning at chance after the switch, ruled out on the first labelled
+    step: the loss is the workload's, computed on every patch (no mask left on the encoder); the
+    learning rate restarts the labelled phase's warm-up (not the tail of the pre-training's cosine);
+    every parameter of the classifier's path moves, head included, the decoder does not; evaluation
+    runs the classifier on every patch."""
+    ctx = context(["patch_masking"], {"patch_masking": {"pretrain_frac": 0.5}}, steps=4)
+    model = ctx.model
+    n_patches = model.cfg.n_patches
+    step = compose_step(ctx)
+    data = ctx.workload.make_data().train_batches(ctx.run.batch_size, 1, 0)
+    for i in range(2):
+        images, labels = next(data)
+        step(Batch(images, labels), i)
+        ctx.step += 1
+    lengths = []
+    model.blocks[0].register_forward_pre_hook(lambda mod, args: lengths.append(args[0].shape[1]))
+    images, labels = next(data)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(images), labels)
+    lengths.clear()
+    loss = step(Batch(images, labels), 2)
+    assert lengths == [n_patches]
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    factor = warmup_cosine(0.0, ctx.run.warmup_frac)
+    assert factor > 0
+    for group in ctx.optimizer.param_groups:
+        assert group["lr"] == pytest.approx(group["initial_lr"] * factor)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    classifier = {n for n, _ in model.named_parameters() if not n.startswith("mae_decoder.")}
+    assert moved == classifier
+    lengths.clear()
+    val = ctx.workload.make_data().val_batches(16, 1, 32)
+    score = ctx.evaluate_fn(model, val, ctx.device)
+    assert lengths == [n_patches] * len(val)
+    with torch.no_grad():
+        direct = sum(
+            float(torch.nn.functional.cross_entropy(model(x), y, reduction="sum")) for x, y in val
+        ) / sum(len(y) for _, y in val)
+    assert score == pytest.approx(direct, rel=1e-5)
 
 
 # -- ConViT ----------------------------------------------------------------------------------------------

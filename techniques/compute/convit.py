@@ -20,6 +20,12 @@ What the measurement shows: sample efficiency from the soft convolutional bias, 
 of images as the plain ViT. GPSA adds a few parameters per head and one extra softmax per layer.
 The class token of the paper joins after the GPSA layers; the ViT here pools patches instead and
 has none.
+
+On vit-tiny it trails the plain ViT (its loss sits at chance for about 150 of the 600 steps
+against 60-75, then ends at 1.04 against 0.50 nats, seed 0): the initialisation, gating and
+relative positions follow the reference code (tests check the positional attention against the
+paper's formula), so this is a measurement of GPSA on four small layers and a short budget, not
+a known defect; locality strength and learning rate are untuned here.
 """
 
 from __future__ import annotations

@@ -20,6 +20,17 @@ supervised training from scratch on the same number of images. The pre-training 
 (the encoder sees a quarter of the patches at the default ratio) but do not train the classifier;
 evaluations during pre-training score the still-untrained head. The decoder is part of the model
 (its parameters count in ``params`` and the optimizer state) and gets no gradient after the switch.
+
+On vit-tiny it stays near chance (ln 10 = 2.30 nats), and that is the pre-training, not the switch
+(``scripts/mae_diagnosis.py``, seed 0, 75 MAE steps then 225 labelled steps): the weights at the
+switch fine-tuned by a plain adamw cell (no patch_masking code after the switch) end at 2.28 like
+the cell itself (2.27); the same weights with the encoder blocks re-initialised reach 1.79, random
+initialisation 1.53; a linear probe of the pooled encoder output scores 13.5% after pre-training
+against 22.7% at random initialisation. A few hundred MAE steps on these small noisy images (the
+normalised-pixel target of a flat, noisy patch is mostly noise) leave blocks that are a worse start
+for classification than random ones; the paper pre-trains for hundreds of epochs. The labelled
+phase's mechanics (loss on every patch, learning rate restarted, every classifier parameter
+trained, evaluation on every patch) are checked by a test.
 """
 
 from __future__ import annotations
