@@ -46,3 +46,15 @@ def test_memory_reads_the_same_in_the_ranked_table_the_gate_and_the_report(tmp_p
 
     shown = display.display_table(one[["peak_mem_bytes"]].head(1), one)
     assert shown["peak_mem_bytes"].iloc[0] == format_value(one["peak_mem_bytes"].iloc[0], "peak_mem_bytes")
+
+
+def test_a_combination_that_did_not_reach_shows_no_speedup(tmp_path):
+    # lion never reaches in the fixture: its speedup is "not reached", never a measured-looking 0x
+    cells = pd.read_parquet(build_results_dir(tmp_path / "res", seeds=3) / "cells.parquet")
+    cells = cells[cells["workload"] == cells["workload"].iloc[0]]
+    board = display.leaderboard(cells, "time_to_target_s")
+    shown = display.leaderboard_display(board, "time_to_target_s", cells)
+    speedup = dict(zip(board["variant"], shown["speedup vs baseline"], strict=True))
+    assert speedup["lion"] == "not reached"
+    assert speedup["adamw"] == "1× (baseline)"
+    assert speedup["adamw+bf16_autocast"].endswith("]") and speedup["adamw+bf16_autocast"][0].isdigit()

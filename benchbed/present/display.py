@@ -235,6 +235,14 @@ def display_table(table: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _not_reached(value) -> bool:
+    """A combination that did not reach the target has an infinite time (or energy) to target."""
+    try:
+        return math.isinf(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _interval_text(value, low, high, column: str, unmeasured: bool) -> str:
     """'12.3 [11.9, 12.8]' (memory without its unit: the column label says it), or why there is no number."""
     if unmeasured:
@@ -285,6 +293,8 @@ def leaderboard_display(board: pd.DataFrame, rank_by: str, cells: pd.DataFrame) 
                     speedups.append("1× (baseline)")
                 elif energy_unmeasured and "energy" in metric:
                     speedups.append("not measured")
+                elif _not_reached(board[metric].iloc[i]):
+                    speedups.append("not reached")  # a speedup of 0x would read as a measurement
                 else:
                     value = board["speedup"].iloc[i]
                     if isinstance(value, float) and math.isnan(value):
