@@ -75,6 +75,7 @@ CELL_COLUMNS: list[Column] = [
         """
         status  str  reached | budget_exhausted | diverged | oom | error | timeout
         error  str  why a cell failed or diverged (None otherwise)
+        partial  bool  the runner stopped the cell (timeout, crash, kill) before it wrote its row: its curves and telemetry are what it streamed until then, every metric is NaN
         loss_floor  float  the data's exact loss floor in nats where known, NaN otherwise
         final_val_loss  float  validation loss at the last evaluation
         best_val_loss  float  lowest validation loss seen

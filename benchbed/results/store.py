@@ -1,7 +1,9 @@
 """The results directory: Parquet tables and run.json, written atomically, read as DataFrames.
 
 Each cell writes `parts/<cell_id>/` (row.json, curves.parquet, telemetry.parquet) into a temporary
-directory renamed into place, so a part is either complete or absent. The run-level tables
+directory renamed into place, so a part is either complete or absent. While it runs, it streams its
+curves and telemetry to `parts/.live/<cell_id>/` (`results.live`); a cell the runner stops gets a
+part built from those (`write_failed_part`). The run-level tables
 (`cells.parquet`, `curves.parquet`, `telemetry.parquet`) are rebuilt from the parts, also through a
 temporary file and a rename; a killed run therefore leaves every finished cell exactly once.
 """
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from benchbed import SCHEMA_VERSION
+from benchbed.results import live
 from benchbed.results.schema import CURVE_COLUMN_NAMES, TELEMETRY_COLUMN_NAMES
 
 CELLS = "cells.parquet"
@@ -105,6 +108,16 @@ def write_part(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_failed_part(out_dir: Path, cell_id: str, row: dict) -> Path:
+    """Write the part of a cell the runner had to stop (timeout, crash, kill): its failure row,
+    labelled ``partial``, with the curves and telemetry the cell streamed until then
+    (``results.live``), whose live files are then removed."""
+    curves, telemetry = live.read(out_dir, cell_id)
+    final = write_part(out_dir, cell_id, {**row, "partial": True}, curves, telemetry)
+    live.remove(out_dir, cell_id)
+    return final
 
 
 def read_parts(out_dir: Path) -> dict[str, dict]:

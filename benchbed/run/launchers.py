@@ -112,5 +112,5 @@ def run_cell_subprocess(
         "started_at": started,
     }
     row = failure_row(known, status, f"{reason}; stderr tail:\n{tail}".strip())
-    store.write_part(out_dir, spec["cell_id"], row, None, None)
+    store.write_failed_part(out_dir, spec["cell_id"], row)  # with what it streamed until then
     return row

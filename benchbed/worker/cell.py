@@ -2,7 +2,9 @@
 
 A Python exception inside training is caught and recorded with its status (`oom` for an
 out-of-memory error, `error` otherwise) together with the curve so far; a hard crash is recorded by
-the runner from the exit code and the tail of stderr.
+the runner from the exit code and the tail of stderr. Given a results directory, the cell streams
+its curves and telemetry there while it trains (`worker.stream`), so a cell the runner has to stop
+keeps what it measured until then.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
 from benchbed.worker.assemble import build, default_device, run_settings
 from benchbed.worker.context import TrainContext
 from benchbed.worker.loop import seed_everything, train
+from benchbed.worker.stream import LiveStream
 from benchbed.workloads import WORKLOADS
 
 
@@ -59,11 +62,15 @@ def identity_row(spec: dict) -> dict:
     )
 
 
-def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Run one cell in this process: (cells row, curves frame, telemetry frame)."""
+def train_cell(
+    spec: dict, emit=lambda event: None, out_dir: str | os.PathLike | None = None
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Run one cell in this process: (cells row, curves frame, telemetry frame). With `out_dir`,
+    its curves and telemetry are streamed to its live files there while it trains."""
     wall0 = time.perf_counter()
     row = identity_row(spec)
     cell = Cell.from_spec(spec)
+    row["partial"] = False
     device = default_device(cell.device)
     seed_everything(cell.seed, device)
     workload = WORKLOADS[cell.workload].with_data(cell.data, cell.base_dir)
@@ -107,18 +114,26 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         **({"idle_power_w": spec["idle_power_w"]} if "idle_power_w" in spec else {}),
     )
     telemetry.start()
+    stream = LiveStream(out_dir, cell.cell_id, telemetry)
+    stream.start()
+
+    def emit_and_keep(event: dict) -> None:
+        stream.on_event(event)
+        emit(event)
+
     outcome: dict
     try:
-        outcome = train(ctx, data, telemetry, emit=emit)
+        outcome = train(ctx, data, telemetry, emit=emit_and_keep)
     except Exception as exc:  # recorded, not raised: the curve so far is still worth keeping
         outcome = {
             "status": "oom" if _is_oom(exc) else "error",
             "error": "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:],
-            "curves": [],
+            "curves": list(stream.curves),
         }
         traceback.print_exc()
     finally:
         summary = telemetry.stop()
+        stream.stop()
     curves = pd.DataFrame(outcome.pop("curves", []))
     if len(curves):
         curves.insert(0, "cell_id", cell.cell_id)
@@ -127,6 +142,8 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
             curves[key] = pd.Series(dtype=float)
     row.update(outcome)
     row.update(summary)
+    if stream.errors:
+        row["sensor_errors"] = "; ".join(filter(None, [row.get("sensor_errors"), *stream.errors]))
     row["error"] = outcome.get("error")
     model = ctx.model
     flops_per_token = workload.flops_per_token(model)
