@@ -23,13 +23,16 @@ def _bad_input(message: str) -> int:
 
 def cmd_run(args) -> int:
     from benchbed import plan as planning
+    from benchbed.measure import machine
     from benchbed.present.ranked import print_ranked_table
     from benchbed.results import store
     from benchbed.run.runner import plan, run_scenario
 
     path = planning.resolve_scenario_path(args.scenario)
     try:
-        scenario = planning.load(path, device_override=args.device, repeats_override=args.repeat)
+        scenario = planning.load(
+            path, device_override=args.device, repeats_override=args.repeat, cpu=machine.cpu_capability()
+        )
     except planning.ScenarioError as exc:
         return _bad_input(str(exc))
     out_dir = Path(args.out or os.path.join("results", scenario.name))
@@ -118,7 +121,7 @@ def cmd_env(args) -> int:
 
     import torch
 
-    from benchbed.measure.machine import describe_environment
+    from benchbed.measure import machine
 
     print(
         f"python {platform.python_version()}  torch {torch.__version__}  cpu threads {torch.get_num_threads()}"
@@ -134,8 +137,19 @@ def cmd_env(args) -> int:
         )
     except ImportError:
         print("triton: not installed (kernels use the PyTorch reference)")
+    from benchbed.techniques import REGISTRY
+
+    cap = machine.cpu_capability()
+    line, precisions = machine.describe_cpu(cap)
+    print(f"cpu: {line}")
+    for precision, state in precisions.items():
+        users = sorted(n for n, cls in REGISTRY.items() if cls.precision == precision)
+        note = ""
+        if users and cap["precision"][precision] != "native":
+            note = f": {', '.join(users)} refused on CPU cells unless allow_emulated = true"
+        print(f"  {precision}: {state}{note}")
     print("what this machine can measure:")
-    for item in describe_environment():
+    for item in machine.describe_environment():
         state = "yes" if item.get("available") else "no "
         detail = item.get("source") if item.get("available") else item.get("reason")
         print(f"  [{state}] {item.get('quantity')}: {detail}")

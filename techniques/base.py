@@ -68,6 +68,20 @@ class NoOptions:
     """Config of a technique that takes no options."""
 
 
+#: options that permit a cell to run rather than change what it computes: kept out of the cell's
+#: identity (variant, config_key), so a cell allowed to run emulated matches the same cell elsewhere
+PERMISSION_OPTIONS = ("allow_emulated",)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionConfig:
+    """Config of a reduced-precision technique (one with a `precision`): on a CPU that only emulates
+    that precision the scenario is refused unless `allow_emulated` is set; the cell then runs and
+    its row says so (`emulated_precision`). Subclass it to add options."""
+
+    allow_emulated: bool = False
+
+
 class Technique:
     """Base class. Subclasses set the class attributes and override the hooks they need."""
 
@@ -78,6 +92,10 @@ class Technique:
     provides_optimizer: ClassVar[bool] = False
     wraps_model: ClassVar[bool] = False
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
+    #: the reduced precision the technique computes in ("bf16", "fp16", "int8", "fp8"), checked
+    #: against what the CPU computes natively (`measure.machine.cpu_capability`); give such a
+    #: technique a `PrecisionConfig` (its `allow_emulated` option)
+    precision: ClassVar[str | None] = None
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

@@ -205,6 +205,7 @@ def test_a_real_cell_writes_every_declared_column_and_nothing_else(tiny_scenario
         "energy_j", "energy_integral_j", "energy_disagreement", "mean_power_w", "peak_power_w",
         "idle_power_w", "net_energy_j", "max_memory_reserved_bytes", "nvml_peak_used_bytes", "mfu",
         "sample_lag_p99_s", "run_id", "git_sha", "telemetry_window_s",
+        "emulated_precision",  # None unless a precision ran emulated (allow_emulated)
     }  # fmt: skip
     assert set(schema.CELL_COLUMN_NAMES) - written <= not_on_cpu
 

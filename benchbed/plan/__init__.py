@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from benchbed.plan.cell import Cell, lifecycle_order
 from benchbed.plan.matrix import DEFAULT_OPTIMIZER, Scenario, expand
+from benchbed.plan.precision import check_precision, emulated_techniques
 from benchbed.plan.scenario import DEVICES, ScenarioError, default_scenario_path, read, resolve_scenario_path
 
 __all__ = [
@@ -17,13 +18,28 @@ __all__ = [
     "Cell",
     "Scenario",
     "ScenarioError",
+    "check_precision",
     "default_scenario_path",
+    "emulated_techniques",
     "lifecycle_order",
     "load",
     "resolve_scenario_path",
 ]
 
 
-def load(path: str, device_override: str | None = None, repeats_override: int | None = None) -> Scenario:
-    """Read, validate and expand a scenario file. Raises ScenarioError."""
-    return expand(read(path, device_override, repeats_override))
+def load(
+    path: str,
+    device_override: str | None = None,
+    repeats_override: int | None = None,
+    cpu: dict | None = None,
+) -> Scenario:
+    """Read, validate and expand a scenario file. Raises ScenarioError.
+
+    `cpu` describes what this machine's CPU computes natively
+    (``benchbed.measure.machine.cpu_capability()``); given, a reduced precision the CPU only
+    emulates is refused (``precision.check_precision``). The runner checks it again before a cell
+    starts, so a caller that leaves it out is refused there."""
+    scenario = expand(read(path, device_override, repeats_override))
+    if cpu is not None:
+        check_precision(scenario, cpu)
+    return scenario

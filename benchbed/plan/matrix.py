@@ -12,7 +12,7 @@ from typing import Any
 
 from benchbed.plan.cell import Cell, lifecycle_order
 from benchbed.plan.scenario import ScenarioError, ScenarioSpec, _Checker, suggest
-from benchbed.techniques import REGISTRY, TechniqueError, build_config
+from benchbed.techniques import PERMISSION_OPTIONS, REGISTRY, TechniqueError, build_config
 from benchbed.workloads import WORKLOADS
 
 DEFAULT_OPTIMIZER = "adamw"
@@ -125,8 +125,12 @@ def expand(spec: ScenarioSpec) -> Scenario:
                     raise ScenarioError(f"{path}: {exc}") from None
                 choices.append((tname, opts, config))
             per_tech.append(choices)
+
+        def identity(opts: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in opts.items() if k not in PERMISSION_OPTIONS}
+
         return [
-            ({t: o for t, o, _ in assignment if o}, {t: c for t, _, c in assignment})
+            ({t: identity(o) for t, o, _ in assignment if identity(o)}, {t: c for t, _, c in assignment})
             for assignment in itertools.product(*per_tech)
         ]
 

@@ -1,7 +1,8 @@
 """The ranked table ``benchbed run`` prints when a scenario is done.
 
 One row per combination in ``benchbed.analyse.tables.leaderboard`` order; every value is written by
-``benchbed.present.format.format_value`` (times in seconds, energy in joules, memory in GiB).
+``benchbed.present.format.format_value`` (times in seconds, energy in joules, memory in GiB). A
+combination that ran a precision its CPU only emulates says so after its name.
 """
 
 from __future__ import annotations
@@ -26,8 +27,20 @@ COLUMNS = {
 }
 
 
+def emulated_labels(cells) -> dict[str, str]:
+    """Variant -> ' (emulated bf16)' for variants run in a precision their CPU only emulates."""
+    if "emulated_precision" not in cells:
+        return {}
+    emulated = cells.dropna(subset=["emulated_precision"])
+    return {
+        variant: f" (emulated {'+'.join(sorted(set(group['emulated_precision'])))})"
+        for variant, group in emulated.groupby("variant")
+    }
+
+
 def print_ranked_table(cells, title: str) -> None:
     board = leaderboard(cells)
+    emulated = emulated_labels(cells)
     table = Table(
         title=title,
         caption="median over seeds and repeats; a combination where fewer than half its cells reached ranks last",
@@ -43,7 +56,7 @@ def print_ranked_table(cells, title: str) -> None:
         values = [format_value(r.get(c), c, missing=NOT_MEASURED) for c in COLUMNS.values() if c is not None]
         table.add_row(
             str(r["rank"]),
-            Text(str(r["variant"])),  # Text: "[rule=sqrt]" in a variant is not rich markup
+            Text(str(r["variant"]) + emulated.get(r["variant"], "")),  # Text: "[rule=sqrt]" is not markup
             f"{r['n_reached']}/{r['n_cells']}",
             *values,
             str(r.get("status_counts", "")),

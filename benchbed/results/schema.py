@@ -148,6 +148,7 @@ CELL_COLUMNS: list[Column] = [
         git_sha  str  commit of the benchbed that ran the cell
         torch_version  str  torch version of the cell
         run_extra  str  notes techniques left for the results (JSON)
+        emulated_precision  str  reduced precision the cell ran although its CPU only emulates it (allow_emulated), e.g. bf16; None when none
         """,
     ),
 ]

@@ -1,5 +1,8 @@
 """The runner: every cell of a scenario in its own subprocess, with a timeout, resumable.
 
+* A reduced precision the CPU only emulates is refused before anything is written
+  (``plan.check_precision``), unless the technique's ``allow_emulated`` asks for it.
+
 * A cell whose part is already in the results directory is skipped (resume); `retry_failed`
   re-runs the ones that ended in `oom`, `error` or `timeout`.
 * A crash, timeout or out-of-memory kill in one cell is recorded as that cell's row (status and
@@ -19,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchbed import SCHEMA_VERSION
+from benchbed.measure import machine
 from benchbed.measure.idle import measure_idle_power
-from benchbed.plan import Cell, Scenario
+from benchbed.plan import Cell, Scenario, check_precision
 from benchbed.results import store
 from benchbed.results.schema import FAILED_STATUSES, now_iso
 from benchbed.run.environment import environment
@@ -73,7 +77,9 @@ def run_scenario(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Run the scenario's cells that are not yet in `out_dir`; returns `out_dir`."""
+    """Run the scenario's cells that are not yet in `out_dir`; returns `out_dir`. Raises
+    ScenarioError (nothing written) for a reduced precision this CPU only emulates."""
+    check_precision(scenario, machine.cpu_capability())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = store.read_run_json(out_dir)

@@ -19,9 +19,10 @@ import traceback
 import pandas as pd
 import torch
 
+from benchbed.measure import machine
 from benchbed.measure.flops import mfu
 from benchbed.measure.telemetry import Telemetry
-from benchbed.plan import Cell
+from benchbed.plan import Cell, emulated_techniques
 from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
 from benchbed.worker.assemble import build, default_device, run_settings
 from benchbed.worker.context import TrainContext
@@ -62,6 +63,15 @@ def identity_row(spec: dict) -> dict:
     )
 
 
+def emulated_precision(cell: Cell) -> str | None:
+    """The reduced precisions of the cell's techniques that this CPU only emulates ('+'-joined), or
+    None. The plan refuses such a cell unless the technique's `allow_emulated` is set."""
+    if cell.device != "cpu" or not any(cell.technique(n).precision for n in cell.techniques):
+        return None
+    emulated = sorted(set(emulated_techniques(cell, machine.cpu_capability()).values()))
+    return "+".join(emulated) or None
+
+
 def train_cell(
     spec: dict, emit=lambda event: None, out_dir: str | os.PathLike | None = None
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -70,6 +80,7 @@ def train_cell(
     wall0 = time.perf_counter()
     row = identity_row(spec)
     cell = Cell.from_spec(spec)
+    row["emulated_precision"] = emulated_precision(cell)
     row["partial"] = False
     device = default_device(cell.device)
     seed_everything(cell.seed, device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from benchbed.techniques.base import Technique, TechniqueError, register
+from benchbed.techniques.base import PrecisionConfig, Technique, TechniqueError, register
 
 
 @register
@@ -22,6 +22,8 @@ class BF16Autocast(Technique):
     name = "bf16_autocast"
     category = "memory/precision"
     paper = "Micikevicius et al. 2018, Mixed Precision Training"
+    Config = PrecisionConfig
+    precision = "bf16"
 
     def validate(self, cell):
         if cell.get("device") == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
