@@ -22,6 +22,20 @@ def _bad_input(message: str) -> int:
 
 
 def cmd_run(args) -> int:
+    from benchbed.run.zygote import ForkServer
+
+    # the fork server imports torch and the worker while this process imports and plans
+    server = ForkServer() if args.launcher == "fork" and not args.dry_run else None
+    if server is not None:
+        server.start()
+    try:
+        return _run(args, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run(args, server) -> int:
     from benchbed import plan as planning
     from benchbed.measure import machine
     from benchbed.present.ranked import print_ranked_table
@@ -58,7 +72,15 @@ def cmd_run(args) -> int:
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
         return _bad_input(f"{out_dir}: --out: exists and is not a directory")
-    run_scenario(scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet)
+    run_scenario(
+        scenario,
+        out_dir,
+        only=args.only,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+        launcher=args.launcher,
+        fork_server=server,
+    )
     results = store.load(out_dir)
     cells = results.cells
     cells = cells[cells["cell_id"].isin({c.cell_id for c in scenario.cells})]
@@ -218,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--launcher",
+        choices=("fork", "subprocess"),
+        default="fork",
+        help="fork: each cell a fresh process forked from a server that imported torch once (default; "
+        "a new interpreter where a fork would differ); subprocess: a new interpreter for every cell",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -103,7 +103,7 @@ def test_emulated_bf16_is_refused_at_load_in_one_line(tmp_path, monkeypatch):
     path = scenario_file(tmp_path)
     out = tmp_path / "out"
     for extra in ([], ["--dry-run"]):
-        code, _, err = run_cli("run", path, "--out", str(out), *extra)
+        code, _, err = run_cli("run", path, "--out", str(out), "--launcher", "subprocess", *extra)
         assert code == 2
         (line,) = err.strip().splitlines()
         assert line.startswith(f"benchbed: {path}: techniques.bf16_autocast: this CPU only emulates bf16")

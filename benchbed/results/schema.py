@@ -149,6 +149,7 @@ CELL_COLUMNS: list[Column] = [
         torch_version  str  torch version of the cell
         run_extra  str  notes techniques left for the results (JSON)
         emulated_precision  str  reduced precision the cell ran although its CPU only emulates it (allow_emulated), e.g. bf16; None when none
+        launcher  str  how the cell's process started: fork (from the runner's fork server), subprocess or torchrun
         """,
     ),
 ]

@@ -1,6 +1,7 @@
-"""Launching one cell: a child process (`python -m benchbed.worker`, or torchrun for a
-multi-process cell) with a timeout that kills its whole process group, a cell that dies with its
-runner, and a row for every way a cell can end.
+"""Launching one cell: a child process (forked by the run's fork server, `run.zygote`, where it
+can; else `python -m benchbed.worker`, or torchrun for a multi-process cell) with a timeout that
+kills its whole process group, a cell that dies with its runner, and a row for every way a cell can
+end.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from benchbed.results import store
 from benchbed.results.schema import failure_row, now_iso
+from benchbed.run.zygote import ForkedCell, ForkServer, fork_cell
 
 STDERR_TAIL_CHARS = 2000
 
@@ -49,6 +51,7 @@ def run_cell_subprocess(
     timeout_s: float,
     cell_env: dict | None = None,
     on_event: Callable[[dict], None] = lambda e: None,
+    fork_server: ForkServer | None = None,
 ) -> dict:
     """Run one cell in a child process; returns its row (written to the results either way)."""
     out_dir = Path(out_dir)
@@ -56,9 +59,10 @@ def run_cell_subprocess(
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=out_dir) as f:
         json.dump(spec, f)
         spec_path = f.name
-    env = {**os.environ, **(cell_env or {}), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(cell_env or {}), "PYTHONUNBUFFERED": "1", "BENCHBED_LAUNCHER": "subprocess"}
     timed_out = threading.Event()
     with tempfile.TemporaryFile(mode="w+", dir=out_dir) as stderr_file:
+        proc = fork_cell(fork_server, spec, [spec_path, str(out_dir)], env, stderr_file)
         launcher = [sys.executable]
         if spec.get("world_size", 1) > 1:  # real torch.distributed: one process per rank
             launcher += [
@@ -67,7 +71,8 @@ def run_cell_subprocess(
                 "--standalone",
                 f"--nproc-per-node={spec['world_size']}",
             ]
-        proc = subprocess.Popen(
+            env["BENCHBED_LAUNCHER"] = "torchrun"
+        proc = proc or subprocess.Popen(
             [*launcher, "-m", "benchbed.worker", spec_path, str(out_dir)],
             stdout=subprocess.PIPE,
             stderr=stderr_file,
@@ -110,6 +115,7 @@ def run_cell_subprocess(
         **spec["identity"],
         **{key: spec.get(key) for key in ("run_id", "git_sha", "torch_version")},
         "started_at": started,
+        "launcher": "fork" if isinstance(proc, ForkedCell) else env["BENCHBED_LAUNCHER"],
     }
     row = failure_row(known, status, f"{reason}; stderr tail:\n{tail}".strip())
     store.write_failed_part(out_dir, spec["cell_id"], row)  # with what it streamed until then

@@ -1,5 +1,9 @@
-"""The runner: every cell of a scenario in its own subprocess, with a timeout, resumable.
+"""The runner: every cell of a scenario in its own process, with a timeout, resumable.
 
+* Each cell is a fresh process forked by the run's fork server (`run.zygote`), which imported
+  torch and the worker once; where a fork would not give the same cell (multi-process cells,
+  another environment, CUDA initialised, not Linux) it is a new interpreter instead
+  (``launcher="subprocess"``), and the run says why.
 * A reduced precision the CPU only emulates is refused before anything is written
   (``plan.check_precision``), unless the technique's ``allow_emulated`` asks for it.
 
@@ -30,6 +34,9 @@ from benchbed.results.schema import FAILED_STATUSES, now_iso
 from benchbed.run.environment import environment
 from benchbed.run.launchers import run_cell_subprocess
 from benchbed.run.progress import Progress
+from benchbed.run.zygote import ForkServer
+
+LAUNCHERS = ("fork", "subprocess")
 
 
 def _idle_power(cells: list[Cell], seconds: float = 5.0) -> dict:
@@ -42,6 +49,14 @@ def _idle_power(cells: list[Cell], seconds: float = 5.0) -> dict:
         return measure_idle_power(seconds, torch.device("cuda", 0))
     except Exception as exc:  # telemetry must never stop a run
         return {"idle_sensor_errors": f"{type(exc).__name__}: {exc}"}
+
+
+def _say_fallbacks(server: ForkServer | None, said: set[str], say: Callable[[str], None]) -> None:
+    """Say once per reason why cells run as new interpreters instead of forks."""
+    for reason in server.fallbacks if server is not None else ():
+        if reason not in said:
+            said.add(reason)
+            say(f"cells run as new processes, not forks: {reason}")
 
 
 def plan(
@@ -76,10 +91,23 @@ def run_scenario(
     cell_filter: Callable[[Cell], bool] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    launcher: str = "fork",
+    fork_server: ForkServer | None = None,
 ) -> Path:
-    """Run the scenario's cells that are not yet in `out_dir`; returns `out_dir`. Raises
+    """Run the scenario's cells that are not yet in `out_dir`; returns `out_dir`.
+
+    `launcher` "fork" forks cells from a fork server where that gives the same cell (`fork_server`,
+    one the caller started early so its imports overlap the caller's, else one started here; closed
+    at the end either way), "subprocess" starts a new interpreter for every cell. Raises
     ScenarioError (nothing written) for a reduced precision this CPU only emulates."""
-    check_precision(scenario, machine.cpu_capability())
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
+    try:
+        check_precision(scenario, machine.cpu_capability())
+    except BaseException:
+        if fork_server is not None:
+            fork_server.close()
+        raise
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = store.read_run_json(out_dir)
@@ -87,6 +115,13 @@ def run_scenario(
     todo, done = plan(scenario, out_dir, only=only, retry_failed=retry_failed)
     if cell_filter is not None:
         todo = [c for c in todo if cell_filter(c)]
+    if launcher != "fork" or not todo:
+        if fork_server is not None:
+            fork_server.close()
+        fork_server = None
+    elif fork_server is None:
+        fork_server = ForkServer()
+        fork_server.start()  # imports torch and the worker while the run gets ready
     meta.update(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
@@ -109,6 +144,7 @@ def run_scenario(
     say = log or bar.log
     if done:
         say(f"resuming {out_dir}: {len(done)} cell(s) already done, {len(todo)} to run")
+    said: set[str] = set()
     try:
         for cell in todo:
             spec = {**cell.to_spec(), "run_id": run_id, "git_sha": sha, "torch_version": meta["env"]["torch"]}
@@ -122,7 +158,9 @@ def run_scenario(
                 cell.timeout_s,
                 cell_env,
                 on_event=lambda e, cid=cell.cell_id: bar.event(cid, e),
+                fork_server=fork_server,
             )
+            _say_fallbacks(fork_server, said, say)
             store.consolidate(out_dir, tables=(store.CELLS,))
             bar.advance()
             say(
@@ -136,6 +174,8 @@ def run_scenario(
                 + (f" -- {str(row.get('error')).splitlines()[0]}" if row.get("error") else "")
             )
     finally:
+        if fork_server is not None:
+            fork_server.close()
         bar.close()
         store.consolidate(out_dir)
         meta["finished_at"] = now_iso()

@@ -81,6 +81,7 @@ def train_cell(
     row = identity_row(spec)
     cell = Cell.from_spec(spec)
     row["emulated_precision"] = emulated_precision(cell)
+    row["launcher"] = os.environ.get("BENCHBED_LAUNCHER", "in-process")
     row["partial"] = False
     device = default_device(cell.device)
     seed_everything(cell.seed, device)
