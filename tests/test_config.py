@@ -55,6 +55,9 @@ MALFORMED = [
     ('[data]\nkind = "text"\n', "data.path: a file or glob pattern is required"),
     ("seeds = [0, 0]\n", "seeds: seed listed twice in [0, 0]"),
     ("workload = \n", "toml: "),
+    ("", "file: nothing to run: the scenario has no keys (empty or comments only)"),
+    ("# a scenario\n\n# nothing but comments\n", "file: nothing to run: the scenario has no keys"),
+    ('name = "mine"\ndescription = "later"\n', "file: nothing to run: the scenario gives only a name"),
 ]
 
 
@@ -159,7 +162,7 @@ def test_cli_bad_scenario_exits_2_with_one_line_and_writes_nothing(tmp_path):
 
 
 def test_shipped_default_scenario_is_valid():
-    sc = plan.load(plan.default_scenario_path(), device_override="cpu")
+    sc = plan.load(plan.default_scenario_path(cuda=False))
     combos = {c.techniques_label for c in sc.cells}
     assert len(combos) >= 3 and len({c.seed for c in sc.cells}) >= 2
     assert sc.baseline == "adamw"

@@ -82,8 +82,14 @@ def suggest(name: str, known) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def default_scenario_path() -> str:
-    return str(importlib.resources.files("benchbed.scenarios") / "quick.toml")
+def default_scenario_path(cuda: bool | None = None) -> str:
+    """The scenario `benchbed run` runs when given none: quick-gpu.toml where CUDA is available
+    (`cuda` None: ask torch), else quick.toml, whose combinations mean the same on every x86 CPU."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return str(importlib.resources.files("benchbed.scenarios") / ("quick-gpu.toml" if cuda else "quick.toml"))
 
 
 def resolve_scenario_path(name: str | None) -> str:
@@ -182,6 +188,13 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise ck.fail(key, f"unknown key{suggest(key, TOP_LEVEL_KEYS)}")
+    if not set(raw) - {"name", "description"}:
+        what = "has no keys (empty or comments only)" if not raw else "gives only a name"
+        raise ck.fail(
+            "file",
+            f"nothing to run: the scenario {what}; give at least a workload or [matrix] techniques, "
+            'e.g. workload = "lm-tiny" and [matrix] techniques = ["adamw", "lion"]',
+        )
 
     name = ck.typed(raw.get("name", os.path.splitext(os.path.basename(path))[0]), str, "name", "a string")
     description = ck.typed(raw.get("description", ""), str, "description", "a string")
