@@ -68,6 +68,7 @@ def _run(args, server) -> int:
             print(
                 f"  [{mark}] {c.cell_id}  workload={c.workload} techniques={c.techniques_label} seed={c.seed} "
                 f"repeat={c.repeat} batch_size={c.batch_size} lr={c.lr:g} target={c.target_loss:g} budget({budget}) device={c.device}"
+                + (f" threads={c.threads}" if c.threads else "")
             )
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():

@@ -51,6 +51,7 @@ class Cell:
     timeout_s: float
     data: dict[str, Any] = field(default_factory=dict)
     base_dir: str = "."
+    threads: int | None = None  # torch intra-op threads of a CPU cell; None: torch's default
     baseline: str = ""
     # technique -> its typed config (every technique of the cell); not part of the identity, which
     # `options` already fixes
@@ -74,6 +75,8 @@ class Cell:
             "eval_every_tokens": self.eval_every_tokens,
             "stop_at_target": self.stop_at_target,
             "device": self.device,
+            # only when set, so the keys of cells that leave it to torch stay what they were
+            **({"threads": self.threads} if self.threads is not None else {}),
         }
 
     def technique(self, name: str):

@@ -154,6 +154,7 @@ def expand(spec: ScenarioSpec) -> Scenario:
             stop_at_target=spec.stop_at_target,
             device=spec.device,
             timeout_s=spec.timeout_s,
+            threads=spec.threads,
             data=spec.data,
             base_dir=spec.base_dir,
             configs=configs,

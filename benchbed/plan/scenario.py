@@ -12,6 +12,7 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     target_loss = 0.70              # optional; the workload's otherwise
     stop_at_target = true
     timeout_s = 600                 # per cell
+    threads = 1                     # optional: torch threads per CPU cell (torch's default: one per core)
     eval_every_tokens = 129024      # optional; the workload's otherwise
 
     [budget]                        # any of tokens / steps / seconds; the workload's otherwise
@@ -60,6 +61,7 @@ TOP_LEVEL_KEYS = {
     "target_loss",
     "stop_at_target",
     "timeout_s",
+    "threads",
     "eval_every_tokens",
     "budget",
     "data",
@@ -155,6 +157,7 @@ class ScenarioSpec:
     repeats: int
     stop_at_target: bool
     timeout_s: float
+    threads: int | None
     workloads: list[str]
     budget_tokens: int | None
     budget_steps: int | None
@@ -220,6 +223,7 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
         repeats = ck.positive(repeats_override, "--repeat", integer=True)
     stop_at_target = ck.typed(raw.get("stop_at_target", True), bool, "stop_at_target", "true or false")
     timeout_s = ck.positive(raw.get("timeout_s", 1800), "timeout_s")
+    threads = ck.positive(raw["threads"], "threads", integer=True) if "threads" in raw else None
 
     matrix = raw.get("matrix", {})
     ck.typed(matrix, dict, "matrix", "a table")
@@ -272,6 +276,7 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
         repeats=repeats,
         stop_at_target=stop_at_target,
         timeout_s=float(timeout_s),
+        threads=threads,
         workloads=workloads,
         budget_tokens=b_tokens,
         budget_steps=b_steps,

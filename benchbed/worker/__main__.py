@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = json.loads(Path(argv[0]).read_text())
     out_dir = Path(argv[1])
-    threads = os.environ.get("BENCHBED_THREADS")
+    # the scenario's `threads` is part of the cell's configuration; BENCHBED_THREADS sets the
+    # rest (cells that leave it to torch)
+    threads = spec.get("threads") or os.environ.get("BENCHBED_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
 
