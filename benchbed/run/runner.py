@@ -51,6 +51,21 @@ def _idle_power(cells: list[Cell], seconds: float = 5.0) -> dict:
         return {"idle_sensor_errors": f"{type(exc).__name__}: {exc}"}
 
 
+def _busy_cores(todo: list[Cell]) -> str:
+    """A warning when other processes already keep this machine's cores busy: CPU cells then run
+    slower and noisier than the machine can (and threads waiting on each other can be many times
+    slower), so their times describe the neighbours too."""
+    if not any(c.device == "cpu" for c in todo) or not hasattr(os, "getloadavg"):
+        return ""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load < cores:
+        return ""
+    return (
+        f"warning: the load average is {load:.1f} on {cores} CPU(s): other processes compete for the "
+        "cores, so CPU cells will run slower and noisier than this machine can"
+    )
+
+
 def _say_fallbacks(server: ForkServer | None, said: set[str], say: Callable[[str], None]) -> None:
     """Say once per reason why cells run as new interpreters instead of forks."""
     for reason in server.fallbacks if server is not None else ():
@@ -115,7 +130,8 @@ def run_scenario(
     todo, done = plan(scenario, out_dir, only=only, retry_failed=retry_failed)
     if cell_filter is not None:
         todo = [c for c in todo if cell_filter(c)]
-    if launcher != "fork" or not todo:
+    # a server no cell can use would only import torch beside the cells being measured
+    if launcher != "fork" or cell_env or not any(c.world_size == 1 for c in todo):
         if fork_server is not None:
             fork_server.close()
         fork_server = None
@@ -144,6 +160,9 @@ def run_scenario(
     say = log or bar.log
     if done:
         say(f"resuming {out_dir}: {len(done)} cell(s) already done, {len(todo)} to run")
+    busy = _busy_cores(todo)
+    if busy:
+        say(busy)
     said: set[str] = set()
     try:
         for cell in todo:

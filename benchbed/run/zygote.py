@@ -277,7 +277,10 @@ class ForkServer:
         return bool(self._ready)
 
     def unusable_for(self, spec: dict, env: dict[str, str]) -> str | None:
-        """Why this cell needs a plain subprocess, or None."""
+        """Why this cell needs a plain subprocess, or None. Waits for the server to be ready first
+        either way, so its imports never run beside a cell being measured."""
+        if self._sock is not None and not self._wait_ready():
+            return self.reason
         if spec.get("world_size", 1) > 1:
             return "a multi-process cell (torchrun)"
         changed = sorted(
@@ -285,7 +288,7 @@ class ForkServer:
         )
         if changed:
             return f"its environment differs from the fork server's ({', '.join(changed[:3])})"
-        if self._sock is None or not self._wait_ready():
+        if self._sock is None:
             return self.reason or "fork server not started"
         return None
 
