@@ -181,3 +181,27 @@ def test_ranked_table_says_emulated(capsys):
     out = capsys.readouterr().out
     assert "adamw+bf16_autocast (emulated bf16)" in out
     assert "adamw (emulated" not in out
+
+
+def test_bf16_on_a_gpu_that_only_emulates_it_is_refused_unless_allowed(tmp_path, monkeypatch):
+    # a V100 / T4 (compute capability 7.x): torch runs bf16 there, emulated
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    with pytest.raises(ScenarioError, match="this GPU only emulates bfloat16"):
+        plan.load(scenario_file(tmp_path, device="cuda"), cpu=cap(AVX2))
+    allowed = "[techniques.bf16_autocast]\nallow_emulated = true\n"
+    assert len(plan.load(scenario_file(tmp_path, device="cuda", extra=allowed), cpu=cap(AVX2)).cells) == 2
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
+    assert len(plan.load(scenario_file(tmp_path, device="cuda"), cpu=cap(AVX2)).cells) == 2
+
+
+def test_gpu_precision_by_compute_capability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (7, 0))
+    assert machine.cuda_precision() == {
+        "bf16": "emulated",
+        "fp16": "native",
+        "int8": "native",
+        "fp8": "emulated",
+    }
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (9, 0))
+    assert set(machine.cuda_precision().values()) == {"native"}

@@ -149,6 +149,18 @@ def cpu_capability() -> dict[str, Any]:
     )
 
 
+def cuda_precision(index: int = 0) -> dict[str, str]:
+    """What CUDA device `index` computes natively, by compute capability: fp16 from 5.3, int8 (dp4a)
+    from 6.1, bf16 from 8.0 (torch emulates it below), fp8 from 8.9. Call it only where CUDA is in
+    use anyway (the cell's process): it initialises CUDA."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(index)
+    cc = (major, minor)
+    needs = {"bf16": (8, 0), "fp16": (5, 3), "int8": (6, 1), "fp8": (8, 9)}
+    return {name: "native" if cc >= need else "emulated" for name, need in needs.items()}
+
+
 def describe_cpu(cap: dict[str, Any]) -> tuple[str, dict[str, str]]:
     """For ``benchbed env``: the instruction-set line, and per reduced precision its state and why."""
     sets = [name for name, key in (("AVX2", "avx2"), ("AVX-512", "avx512"), ("AMX", "amx")) if cap.get(key)]

@@ -22,7 +22,7 @@ import torch
 from benchbed.measure import machine
 from benchbed.measure.flops import mfu
 from benchbed.measure.telemetry import Telemetry
-from benchbed.plan import Cell, emulated_techniques
+from benchbed.plan import Cell
 from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
 from benchbed.worker.assemble import build, default_device, run_settings
 from benchbed.worker.context import TrainContext
@@ -64,12 +64,17 @@ def identity_row(spec: dict) -> dict:
 
 
 def emulated_precision(cell: Cell) -> str | None:
-    """The reduced precisions of the cell's techniques that this CPU only emulates ('+'-joined), or
-    None. The plan refuses such a cell unless the technique's `allow_emulated` is set."""
-    if cell.device != "cpu" or not any(cell.technique(n).precision for n in cell.techniques):
+    """The reduced precisions of the cell's techniques that its device only emulates ('+'-joined),
+    or None. Such a cell is refused when the scenario is checked unless the technique's
+    `allow_emulated` is set."""
+    precisions = {cell.technique(n).precision for n in cell.techniques} - {None}
+    if not precisions:
         return None
-    emulated = sorted(set(emulated_techniques(cell, machine.cpu_capability()).values()))
-    return "+".join(emulated) or None
+    if cell.device == "cpu":
+        states = machine.cpu_capability()["precision"]
+    else:
+        states = machine.cuda_precision(torch.cuda.current_device())
+    return "+".join(sorted(p for p in precisions if states.get(p) != "native")) or None
 
 
 def train_cell(
