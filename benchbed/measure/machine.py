@@ -16,7 +16,7 @@ from benchbed.measure.sensors.host import DEFAULT_RAPL_ROOT, find_rapl_domains
 from benchbed.measure.sensors.nvml import DEFAULT_NVML, load_pynvml, nvml_init, nvml_shutdown, probe_device
 
 
-def cpu_model() -> str:
+def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -25,6 +25,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), or the architecture where /proc/cpuinfo says none."""
+    return _cpu_model()
 
 
 #: reduced precisions and the CPU flags (/proc/cpuinfo) that compute them in hardware. Without one
@@ -197,7 +202,7 @@ def machine_info(*, nvml: Any = DEFAULT_NVML, rapl_root: str | Path = DEFAULT_RA
     nvml = load_pynvml() if nvml is DEFAULT_NVML else nvml
     domains, rapl_reason = find_rapl_domains(rapl_root)
     info: dict[str, Any] = {
-        "cpu_model": cpu_model(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": cpu_capability(),
         "rapl_available": bool(domains),

@@ -1,20 +1,30 @@
 """Plan: a scenario file -> the cells to run. Nothing here trains or measures.
 
 ``scenario.py`` reads and checks the file's fields, ``matrix.py`` expands them into cells,
-``cell.py`` is the cell. `load` is the whole path, and every mistake in a scenario is one line
-``FILE: field: what is wrong`` (a `ScenarioError`) before anything runs.
+``cell.py`` is the cell, ``data_check.py`` opens the data files the cells will read. `load` is the
+whole path, and every mistake in a scenario is one line ``FILE: field: what is wrong`` (a
+`ScenarioError`) before anything runs.
 """
 
 from __future__ import annotations
 
 from benchbed.plan.cell import Cell, lifecycle_order
-from benchbed.plan.matrix import DEFAULT_OPTIMIZER, Scenario, expand
+from benchbed.plan.data_check import check_data
+from benchbed.plan.matrix import DEFAULT_OPTIMIZER, MAX_CELLS, Scenario, expand
 from benchbed.plan.precision import check_precision, emulated_techniques
-from benchbed.plan.scenario import DEVICES, ScenarioError, default_scenario_path, read, resolve_scenario_path
+from benchbed.plan.scenario import (
+    DEVICES,
+    ScenarioError,
+    default_scenario_path,
+    read,
+    resolve_scenario_path,
+    slug,
+)
 
 __all__ = [
     "DEFAULT_OPTIMIZER",
     "DEVICES",
+    "MAX_CELLS",
     "Cell",
     "Scenario",
     "ScenarioError",
@@ -24,6 +34,7 @@ __all__ = [
     "lifecycle_order",
     "load",
     "resolve_scenario_path",
+    "slug",
 ]
 
 
@@ -31,15 +42,18 @@ def load(
     path: str,
     device_override: str | None = None,
     repeats_override: int | None = None,
+    max_cells: int | None = None,
     cpu: dict | None = None,
 ) -> Scenario:
-    """Read, validate and expand a scenario file. Raises ScenarioError.
+    """Read, validate and expand a scenario file, and open the data its cells read. Raises
+    ScenarioError.
 
     `cpu` describes what this machine's CPU computes natively
     (``benchbed.measure.machine.cpu_capability()``); given, a reduced precision the CPU only
     emulates is refused (``precision.check_precision``). The runner checks it again before a cell
     starts, so a caller that leaves it out is refused there."""
-    scenario = expand(read(path, device_override, repeats_override))
+    scenario = expand(read(path, device_override, repeats_override), max_cells)
     if cpu is not None:
         check_precision(scenario, cpu)
+    check_data(scenario)
     return scenario

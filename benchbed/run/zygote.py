@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -180,9 +181,10 @@ def serve(sock: socket.socket) -> int:
             os.read(ready_r, 1)  # the child has its own process group now (or is gone)
             os.close(ready_r)
             _send(sock, {"pid": pid})
-        elif request["op"] == "wait":
-            _, status = os.waitpid(request["pid"], 0)
-            _send(sock, {"returncode": os.waitstatus_to_exitcode(status)})
+        elif request["op"] == "wait":  # the cell is this server's child: only it can reap it
+            _, status, usage = os.wait4(request["pid"], 0)
+            maxrss = float(usage.ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+            _send(sock, {"returncode": os.waitstatus_to_exitcode(status), "peak_rss_bytes": maxrss})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,10 +205,13 @@ class ForkedCell:
         self.pid = pid
         self.stdout = stdout
         self.returncode: int | None = None
+        #: the cell's peak resident set (wait4's ru_maxrss, as the launcher measures a subprocess);
+        #: NaN until reaped, and where the server was lost before it could say
+        self.peak_rss_bytes = math.nan
 
     def wait(self) -> int:
         if self.returncode is None:
-            self.returncode = self._server._wait(self.pid)
+            self.returncode, self.peak_rss_bytes = self._server._wait(self.pid)
             with contextlib.suppress(OSError):
                 self.stdout.close()
         return self.returncode
@@ -314,17 +319,20 @@ class ForkServer:
             raise ForkServerError(self.reason)
         return ForkedCell(self, int(reply["pid"]), os.fdopen(read_fd, "r"))
 
-    def _wait(self, pid: int) -> int:
+    def _wait(self, pid: int) -> tuple[int, float]:
+        """(exit code, peak resident set in bytes) of a forked cell, once it has ended."""
         with self._lock:
             if self._sock is None:
-                return -signal.SIGKILL  # the server is gone, and its cells with it
+                return -signal.SIGKILL, math.nan  # the server is gone, and its cells with it
             try:
                 self._sock.sendall(json.dumps({"op": "wait", "pid": pid}).encode())
-                return int(self._receive()["returncode"])
+                reply = self._receive()
+                peak = reply.get("peak_rss_bytes")
+                return int(reply["returncode"]), float(peak) if peak is not None else math.nan
             except (OSError, ForkServerError) as exc:
                 self.reason = f"fork server lost: {exc}"
                 self.close()
-                return -signal.SIGKILL
+                return -signal.SIGKILL, math.nan
 
     def close(self) -> None:
         """End the server. Its cells have ended (the runner waits for each), so a server still
