@@ -5,6 +5,7 @@ new interpreter and says why."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -115,6 +116,47 @@ def test_timeout_and_outside_kill_keep_partial_results_the_readers_read(
     for view in ("Leaderboard", "Curves", "Pareto", "Telemetry", "Compare"):
         app.sidebar.radio(key="view").set_value(view).run()
         assert not app.exception, (view, [e.value for e in app.exception])
+
+
+@pytest.mark.slow
+def test_the_fork_server_never_holds_the_results_lock_and_reports_peak_memory(
+    tiny_scenario, tmp_path, spawned
+):
+    """The runner's results lock (run/lock.py) ends with the runner: neither the fork server nor a
+    cell it forks holds its descriptor. And a forked cell's peak resident set comes back from the
+    server's wait4, as a subprocess's does from the runner's."""
+    sc = plan.load(tiny_scenario(combos='["adamw"]', seeds="[0]"))
+    sc.cells[0] = dataclasses.replace(sc.cells[0], budget_steps=100_000, stop_at_target=False, timeout_s=6.0)
+    out = tmp_path / "locked"
+    lock = (out / ".lock").resolve()
+    server = zygote.ForkServer()
+    server.start()
+    holders: dict[str, list[str]] = {}
+
+    def fds_of(pid: int) -> list[str]:
+        targets = []
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(fd))
+        return targets
+
+    def look_while_the_cell_trains():
+        deadline = time.monotonic() + 120
+        while not spawned and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(2.0)
+        holders["server"] = fds_of(server._proc.pid)
+        holders["cell"] = fds_of(spawned[0])
+
+    looker = threading.Thread(target=look_while_the_cell_trains, daemon=True)
+    looker.start()
+    run_scenario(sc, out, fork_server=server, **quiet())  # the cell times out at 6 s
+    looker.join()
+    assert holders["server"] and holders["cell"], "looked while the server and the cell were alive"
+    assert str(lock) not in holders["server"] + holders["cell"]
+    (row,) = store.load(out).cells.to_dict("records")
+    assert row["launcher"] == "fork" and row["status"] == "timeout"
+    assert row["peak_rss_bytes"] > 50 * 2**20  # wait4 of the forked cell: torch alone is more
 
 
 @pytest.mark.slow

@@ -121,6 +121,7 @@ CELL_COLUMNS: list[Column] = [
         train_time_s  float  time inside training steps, every step included (evaluation excluded)
         eval_time_s  float  time spent evaluating (float32 for every cell)
         warmup_time_s  float  time of the untimed warm-up step, the same for every cell and undone (lazy initialisation, compilation)
+        measure_time_s  float  time spent counting FLOPs and measuring memory on replicas of sampled steps, off the clock (not in train_time_s)
         wall_time_s  float  wall time of the cell process from start to its row
         tokens_per_s  float  tokens trained per second of training time
         started_at  str  UTC start time (ISO 8601)

@@ -151,7 +151,8 @@ def run_cell_subprocess(
         reason = "exit code 0 but no readable results part"
     known = {
         **spec["identity"],
-        **{key: spec.get(key) for key in ("run_id", "git_sha", "torch_version", "threads")},
+        **{key: spec.get(key) for key in ("run_id", "git_sha", "torch_version")},
+        "threads": spec.get("threads") or spec.get("default_threads"),
         "started_at": started,
         "finished_at": now_iso(),
         "peak_rss_bytes": peak_rss,

@@ -289,9 +289,9 @@ def _run_locked(
                 "run_id": run_id,
                 "git_sha": sha,
                 "torch_version": meta["env"]["torch"],
-                # the scenario's `threads` is part of the cell; BENCHBED_THREADS or torch's default
-                # otherwise
-                "threads": cell.threads or threads,
+                # the cell's own `threads` (the scenario's, part of its configuration and identity)
+                # stays as it is; cells without one train with this (BENCHBED_THREADS or torch's)
+                "default_threads": threads,
             }
             if idle and cell.device == "cuda":
                 spec["idle_power_w"] = idle.get("idle_power_w")
