@@ -129,8 +129,6 @@ def test_the_fork_server_never_holds_the_results_lock_and_reports_peak_memory(
     sc.cells[0] = dataclasses.replace(sc.cells[0], budget_steps=100_000, stop_at_target=False, timeout_s=6.0)
     out = tmp_path / "locked"
     lock = (out / ".lock").resolve()
-    server = zygote.ForkServer()
-    server.start()
     holders: dict[str, list[str]] = {}
 
     def fds_of(pid: int) -> list[str]:
@@ -145,12 +143,14 @@ def test_the_fork_server_never_holds_the_results_lock_and_reports_peak_memory(
         while not spawned and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(2.0)
-        holders["server"] = fds_of(server._proc.pid)
+        # the server run_scenario started under the lock: the cell's parent
+        server = int(Path(f"/proc/{spawned[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        holders["server"] = fds_of(server)
         holders["cell"] = fds_of(spawned[0])
 
     looker = threading.Thread(target=look_while_the_cell_trains, daemon=True)
     looker.start()
-    run_scenario(sc, out, fork_server=server, **quiet())  # the cell times out at 6 s
+    run_scenario(sc, out, **quiet())  # starts its fork server under the lock; the cell times out at 6 s
     looker.join()
     assert holders["server"] and holders["cell"], "looked while the server and the cell were alive"
     assert str(lock) not in holders["server"] + holders["cell"]
