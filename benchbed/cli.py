@@ -44,7 +44,24 @@ def _check_threads_env() -> str | None:
 
 
 def cmd_run(args) -> int:
+    from benchbed.run.zygote import ForkServer
+
+    # the fork server imports torch and the worker while this process imports and plans
+    # (started before the runner takes the results lock; an exec'd interpreter, so it could not
+    # inherit the lock's close-on-exec descriptor anyway)
+    server = ForkServer() if args.launcher == "fork" and not args.dry_run and args.backend != "ray" else None
+    if server is not None:
+        server.start()
+    try:
+        return _run(args, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run(args, server) -> int:
     from benchbed import plan as planning
+    from benchbed.measure import machine
     from benchbed.measure.carbon import CarbonError, grid_intensity
     from benchbed.present.ranked import print_ranked_table
     from benchbed.results import store
@@ -69,7 +86,11 @@ def cmd_run(args) -> int:
     path = planning.resolve_scenario_path(args.scenario)
     try:
         scenario = planning.load(
-            path, device_override=args.device, repeats_override=args.repeat, max_cells=args.max_cells
+            path,
+            device_override=args.device,
+            repeats_override=args.repeat,
+            max_cells=args.max_cells,
+            cpu=machine.cpu_capability(),
         )
         grid_intensity()  # a bad BENCHBED_GRID_INTENSITY fails here, not in every cell
         shard = shards.parse_shard(args.shard) if args.shard else None
@@ -101,6 +122,7 @@ def cmd_run(args) -> int:
             print(
                 f"  [{mark}] {c.cell_id}  workload={c.workload} techniques={c.techniques_label} seed={c.seed} "
                 f"repeat={c.repeat} batch_size={c.batch_size} lr={c.lr:g} target={c.target_loss:g} budget({budget}) device={c.device}"
+                + (f" threads={c.threads}" if c.threads else "")
             )
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
@@ -131,8 +153,9 @@ def cmd_run(args) -> int:
                     return _bad_input(str(exc))
             else:
                 run_scenario(
-                    scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet
-                )
+                    scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet,
+                    launcher=args.launcher, fork_server=server,
+                )  # fmt: skip
                 if extra:
                     store.atomic_write_json(
                         out_dir / store.RUN_JSON, {**store.read_run_json(out_dir), **extra}
@@ -222,7 +245,7 @@ def cmd_env(args) -> int:
 
     import torch
 
-    from benchbed.measure.machine import describe_environment
+    from benchbed.measure import machine
 
     print(
         f"python {platform.python_version()}  torch {torch.__version__}  cpu threads {torch.get_num_threads()}"
@@ -238,8 +261,19 @@ def cmd_env(args) -> int:
         )
     except ImportError:
         print("triton: not installed (kernels use the PyTorch reference)")
+    from benchbed.techniques import REGISTRY
+
+    cap = machine.cpu_capability()
+    line, precisions = machine.describe_cpu(cap)
+    print(f"cpu: {line}")
+    for precision, state in precisions.items():
+        users = sorted(n for n, cls in REGISTRY.items() if cls.precision == precision)
+        note = ""
+        if users and cap["precision"][precision] != "native":
+            note = f": {', '.join(users)} refused on CPU cells unless allow_emulated = true"
+        print(f"  {precision}: {state}{note}")
     print("what this machine can measure:")
-    for item in describe_environment():
+    for item in machine.describe_environment():
         state = "yes" if item.get("available") else "no "
         detail = item.get("source") if item.get("available") else item.get("reason")
         print(f"  [{state}] {item.get('quantity')}: {detail}")
@@ -344,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--launcher",
+        choices=("fork", "subprocess"),
+        default="fork",
+        help="fork: each cell a fresh process forked from a server that imported torch once (default; "
+        "a new interpreter where a fork would differ); subprocess: a new interpreter for every cell",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -183,13 +183,17 @@ from benchbed.run.runner import run_scenario
 scenario = plan.load(sys.argv[1])
 run_scenario(scenario, sys.argv[2], progress=False)
 cells = store.load(sys.argv[2]).cells
-columns = [c for c in ("variant", "status", "steps", "train_time_s", "final_val_loss", "energy_j",
+columns = [c for c in ("variant", "status", "launcher", "steps", "train_time_s", "final_val_loss", "energy_j",
                        "energy_source", "peak_mem_bytes") if c in cells.columns]
 print(cells[columns].to_string(max_colwidth=48))
 failed = cells[cells["status"].isin(["error", "timeout", "oom"])]
 for _, row in failed.iterrows():
     print(f"{row['status']} in {row['variant']}: {str(row.get('error'))[-600:]}")
-sys.exit(1 if len(failed) else 0)
+# on a GPU every cell is forked by the fork server (run/zygote.py), not a plain-subprocess fallback
+unforked = cells[cells["launcher"] != "fork"] if scenario.device == "cuda" else cells.iloc[:0]
+for _, row in unforked.iterrows():
+    print(f"not forked: {row['variant']} ran with launcher {row['launcher']!r}")
+sys.exit(1 if len(failed) or len(unforked) else 0)
 PY
 [ -d "$WORK/scenario" ] && tar -czf "$OUT/scenario.tar.gz" -C "$WORK" scenario
 

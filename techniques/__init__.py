@@ -11,15 +11,27 @@ import pkgutil
 
 from benchbed.techniques.base import (
     CATEGORIES,
+    PERMISSION_OPTIONS,
     REGISTRY,
     NoOptions,
+    PrecisionConfig,
     Technique,
     TechniqueError,
     build_config,
     register,
 )
 
-__all__ = ["CATEGORIES", "REGISTRY", "NoOptions", "Technique", "TechniqueError", "build_config", "register"]
+__all__ = [
+    "CATEGORIES",
+    "REGISTRY",
+    "PERMISSION_OPTIONS",
+    "NoOptions",
+    "PrecisionConfig",
+    "Technique",
+    "TechniqueError",
+    "build_config",
+    "register",
+]
 
 
 def _load_all() -> None:

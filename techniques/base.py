@@ -100,6 +100,20 @@ class NoOptions:
     """Config of a technique that takes no options."""
 
 
+#: options that permit a cell to run rather than change what it computes: kept out of the cell's
+#: identity (variant, config_key), so a cell allowed to run emulated matches the same cell elsewhere
+PERMISSION_OPTIONS = ("allow_emulated",)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionConfig:
+    """Config of a reduced-precision technique (one with a `precision`): on a CPU that only emulates
+    that precision the scenario is refused unless `allow_emulated` is set; the cell then runs and
+    its row says so (`emulated_precision`). Subclass it to add options."""
+
+    allow_emulated: bool = False
+
+
 class Technique:
     """Base class. Subclasses set the class attributes and override the hooks they need."""
 
@@ -114,6 +128,10 @@ class Technique:
     # cannot run, so FLOPs are not counted and memory is read per rank
     splits_model: ClassVar[bool] = False
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
+    #: the reduced precision the technique computes in ("bf16", "fp16", "int8", "fp8"), checked
+    #: against what the CPU computes natively (`measure.machine.cpu_capability`); give such a
+    #: technique a `PrecisionConfig` (its `allow_emulated` option)
+    precision: ClassVar[str | None] = None
     # the step's FLOPs vary at random from step to step (layer drop): the FLOP counter samples more steps
     stochastic_flops: ClassVar[bool] = False
     # model families (Workload.family) whose seams the technique edits; empty = any model. validate()

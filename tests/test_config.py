@@ -55,6 +55,11 @@ MALFORMED = [
     ('[data]\nkind = "text"\n', "data.path: a file or glob pattern is required"),
     ("seeds = [0, 0]\n", "seeds: seed listed twice in [0, 0]"),
     ("workload = \n", "toml: "),
+    ("threads = 0\n", "threads: must be positive, got 0"),
+    ('threads = "two"\n', "threads: expected an integer, got str 'two'"),
+    ("", "file: nothing to run: the scenario has no keys (empty or comments only)"),
+    ("# a scenario\n\n# nothing but comments\n", "file: nothing to run: the scenario has no keys"),
+    ('name = "mine"\ndescription = "later"\n', "file: nothing to run: the scenario gives only a name"),
 ]
 
 
@@ -159,7 +164,7 @@ def test_cli_bad_scenario_exits_2_with_one_line_and_writes_nothing(tmp_path):
 
 
 def test_shipped_default_scenario_is_valid():
-    sc = plan.load(plan.default_scenario_path(), device_override="cpu")
+    sc = plan.load(plan.default_scenario_path(cuda=False))
     combos = {c.techniques_label for c in sc.cells}
     assert len(combos) >= 3 and len({c.seed for c in sc.cells}) >= 2
     assert sc.baseline == "adamw"
@@ -169,3 +174,30 @@ def test_good_scenario_loads(tmp_path):
     path = tmp_path / "g.toml"
     path.write_text(GOOD)
     assert len(plan.load(str(path)).cells) == 4
+
+
+def test_threads_is_part_of_the_configuration_only_when_given(tmp_path, monkeypatch):
+    import json
+
+    from benchbed.worker import __main__ as worker
+
+    path = tmp_path / "t.toml"
+    path.write_text(GOOD)
+    unset = plan.load(str(path)).cells[0]
+    path.write_text("threads = 1\n" + GOOD)
+    pinned = plan.load(str(path)).cells[0]
+    assert unset.threads is None and "threads" not in unset.config()  # keys of existing cells unchanged
+    assert pinned.threads == 1 and pinned.config_key != unset.config_key
+    assert plan.Cell.from_spec(pinned.to_spec()).threads == 1
+
+    # the cell's process sets the scenario's threads, over BENCHBED_THREADS
+    calls = []
+    monkeypatch.setattr(worker.torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(worker, "train_cell", lambda spec, **kw: (_ for _ in ()).throw(SystemExit(0)))
+    monkeypatch.setenv("BENCHBED_THREADS", "2")
+    for cell, expected in ((pinned, 1), (unset, 2)):
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps(cell.to_spec()))
+        with pytest.raises(SystemExit):
+            worker.main([str(spec), str(tmp_path / "out")])
+        assert calls.pop() == expected

@@ -207,6 +207,7 @@ def test_a_real_cell_writes_every_declared_column_and_nothing_else(tiny_scenario
         "energy_j", "energy_integral_j", "energy_disagreement", "mean_power_w", "peak_power_w",
         "idle_power_w", "net_energy_j", "max_memory_reserved_bytes", "nvml_peak_used_bytes", "mfu", "hfu",
         "sample_lag_p99_s", "run_id", "git_sha", "telemetry_window_s", "co2_kg",
+        "emulated_precision",  # None unless a precision ran emulated (allow_emulated)
     }  # fmt: skip
     stages_only = {c.name for c in schema.CELL_COLUMNS if c.group == "stages"}  # bases, pipelines
     # what applies only to some cells: a pipeline's bubble, a bad exit after the row was written

@@ -6,8 +6,9 @@ the same directory, disk full (a real full tmpfs where this process may mount on
 ENOSPC everywhere), damaged parts and run.json. After each: no healthy result lost, none
 duplicated, statuses and exit codes say what happened, and a resume completes the matrix.
 
-Faults are planted through a ``sitecustomize`` on PYTHONPATH (runner and cells both load it),
-steered by files in a fault directory: ``cell-<seed>`` holds what the cell of that seed does at
+Faults are planted through a ``sitecustomize`` on PYTHONPATH (runner and cells both load it; a cell
+forked by the runner's fork server gets it through the server, which loaded it, when the server
+calls the worker's ``main`` in the child), steered by files in a fault directory: ``cell-<seed>`` holds what the cell of that seed does at
 start (``sigkill``, ``nan``, ``memoryerror``, ``sleep``, ``enospc``, ``fill:PATH``), ``enospc``
 (also created by a cell) makes every rename fail with ENOSPC, ``kill-runner-at-write`` kills the runner as it renames cells.parquet
 into place. Removing a file disarms it.
@@ -59,32 +60,56 @@ def _wrap(fn):
     return wrapped
 
 
+def _plant(spec_path):  # what the cell of this seed does at start
+    seed = json.load(open(spec_path))["seed"]
+    action_file = os.path.join(FAULTS, f"cell-{seed}")
+    action = open(action_file).read().strip() if os.path.exists(action_file) else ""
+    if action == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "memoryerror":
+        sys.stderr.write("MemoryError: planted\n"); sys.stderr.flush(); os._exit(1)
+    elif action == "sleep":
+        time.sleep(3600)
+    elif action == "nan":
+        import torch.nn.functional as F
+        cross_entropy = F.cross_entropy
+        F.cross_entropy = lambda *a, **k: cross_entropy(*a, **k) * float("nan")
+    elif action in ("enospc", "enospc-in-cells"):  # from now on every rename fails (in cells)
+        open(os.path.join(FAULTS, action), "w").close()
+    elif action.startswith("fill:"):  # write until the disk is full, to the last byte
+        with open(action[5:], "wb", buffering=0) as f:
+            for size in (1 << 16, 1 << 12, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    pass
+
+
+def _arm_forked_cell():
+    # in a child of the fork server (benchbed.run.zygote): plant the fault when the child calls
+    # the worker's main, as a new interpreter's sitecustomize would at start
+    worker = sys.modules.get("benchbed.worker.__main__")
+    if worker is None or getattr(worker.main, "planted", False):
+        return
+    real_main = worker.main
+
+    def main(argv=None):
+        global IS_CELL
+        IS_CELL = True
+        _plant(argv[-2])
+        return real_main(argv)
+
+    main.planted = True
+    worker.main = main
+
+
 if FAULTS:
     os.rename, os.replace = _wrap(os.rename), _wrap(os.replace)
     if IS_CELL:
-        seed = json.load(open(sys.argv[-2]))["seed"]
-        action_file = os.path.join(FAULTS, f"cell-{seed}")
-        action = open(action_file).read().strip() if os.path.exists(action_file) else ""
-        if action == "sigkill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif action == "memoryerror":
-            sys.stderr.write("MemoryError: planted\n"); sys.stderr.flush(); os._exit(1)
-        elif action == "sleep":
-            time.sleep(3600)
-        elif action == "nan":
-            import torch.nn.functional as F
-            cross_entropy = F.cross_entropy
-            F.cross_entropy = lambda *a, **k: cross_entropy(*a, **k) * float("nan")
-        elif action in ("enospc", "enospc-in-cells"):  # from now on every rename fails (in cells)
-            open(os.path.join(FAULTS, action), "w").close()
-        elif action.startswith("fill:"):  # write until the disk is full, to the last byte
-            with open(action[5:], "wb", buffering=0) as f:
-                for size in (1 << 16, 1 << 12, 1):
-                    try:
-                        while True:
-                            f.write(b"\0" * size)
-                    except OSError:
-                        pass
+        _plant(sys.argv[-2])
+    else:
+        os.register_at_fork(after_in_child=_arm_forked_cell)
 """
 
 SCENARIO = """
@@ -166,9 +191,19 @@ def started(out: Path) -> dict[int, str]:
 
 
 def workers(out: Path) -> str:
-    return subprocess.run(
-        ["pgrep", "-f", f"benchbed.worker .* {out}$"], capture_output=True, text=True
-    ).stdout
+    """The cells of `out` still alive: processes whose stderr is a file in `out` (the launcher's
+    stderr file), whether a new interpreter or forked by the fork server (whose children show the
+    server's command line)."""
+    alive = []
+    for fd2 in Path("/proc").glob("[0-9]*/fd/2"):
+        try:
+            target = os.readlink(fd2)
+            state = (fd2.parent.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if target.startswith(f"{out}/") and state != "Z":
+            alive.append(fd2.parent.parent.name)
+    return " ".join(alive)
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:
@@ -204,6 +239,7 @@ def test_cell_faults_get_truthful_statuses_exit_codes_and_resumes(rig):
     assert first.returncode == 1, first.stderr
     status = rows(out)["status"].to_dict()
     assert status == {0: "budget_exhausted", 1: "killed", 2: "diverged", 3: "oom"}
+    assert rows(out).loc[[1, 2, 3], "launcher"].tolist() == ["fork"] * 3  # the default launcher's cells
     errors = rows(out)["error"]
     assert "killed by SIGKILL from outside the cell" in errors[1]
     assert "training loss nan" in errors[2] and "out of memory (its stderr says so)" in errors[3]

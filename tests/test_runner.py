@@ -63,18 +63,31 @@ def test_sigkill_mid_matrix_then_rerun_keeps_every_cell_exactly_once(tiny_scenar
         start_new_session=True,
     )
 
-    def running_cells() -> str:
-        return subprocess.run(
-            ["pgrep", "-f", f"benchbed.worker .* {out}$"], capture_output=True, text=True
-        ).stdout
+    def pgrep(*args) -> list[int]:
+        found = subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout
+        return [int(pid) for pid in found.split()]
+
+    def running_cells() -> list[int]:
+        # a new interpreter (`python -m benchbed.worker SPEC OUT`), or a child of the runner's fork server
+        servers = pgrep("-P", str(proc.pid), "-f", "benchbed.run.zygote")
+        return pgrep("-f", f"benchbed.worker .* {out}$") + [c for s in servers for c in pgrep("-P", str(s))]
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
 
     deadline = time.time() + 240
     while time.time() < deadline and (len(store.read_parts(out)) < 2 or not running_cells()):
         time.sleep(0.1)
+    doomed = running_cells() + pgrep("-P", str(proc.pid))  # the cell, and the fork server
+    assert doomed
     os.kill(proc.pid, signal.SIGKILL)  # the runner only, mid-cell: its cell must die with it
     proc.wait()
-    time.sleep(0.3)
-    assert running_cells() == "", "a cell outlived its runner"
+    time.sleep(0.5)
+    assert not [pid for pid in doomed if alive(pid)], "a cell or the fork server outlived its runner"
+    assert pgrep("-f", f"benchbed.worker .* {out}$") == []
     survivors = started_at(out)
     assert 2 <= len(survivors) < 6
     rerun = cli("run", path, "--out", str(out), "--quiet")

@@ -58,6 +58,8 @@ def test_clock_counts_every_step_excluding_eval_and_the_warmup_step():
     assert res["steps"] == 10 and tel.windows == 10  # the untimed warm-up is outside the energy windows
     assert res["warmup_time_s"] == 1.0
     assert res["train_time_s"] == 10.0  # every training step, the first included
+    # each off-clock measurement of a sampled step reads the clock twice too: 1 s each, not on the clock
+    assert res["measure_time_s"] == len(res["measured"]["sampler"].steps) > 0
     assert res["tokens_per_s"] == res["tokens"] / 10.0
     n_evals = len(res["curves"])
     assert n_evals == 1 + math.ceil(10 / 4)  # step 0, every 4 steps, and the end of the budget

@@ -411,6 +411,13 @@ class Telemetry:
             sensor_errors=self.sensor_errors,
         )
 
+    def rows_since(self, start: int) -> tuple[list[dict[str, Any]], int]:
+        """Copies of the samples after the first `start`, and the new count (for streaming them
+        while the cell runs; `samples` is the whole table)."""
+        with self._lock:
+            rows = [dict(row) for row in self._rows[start:]]
+        return rows, start + len(rows)
+
     def samples(self) -> pd.DataFrame:
         """Every sample: ``cell_id, t_s`` (seconds since ``start``), ``sample_lag_s`` (actual minus
         scheduled time), ``in_window`` and one column per quantity (``gpu0_power_w``, ...)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from benchbed.plan.cell import Cell, lifecycle_order
 from benchbed.plan.data_check import check_data
 from benchbed.plan.matrix import DEFAULT_OPTIMIZER, MAX_CELLS, Scenario, expand
+from benchbed.plan.precision import check_precision, emulated_techniques
 from benchbed.plan.scenario import (
     DEVICES,
     ScenarioError,
@@ -27,7 +28,9 @@ __all__ = [
     "Cell",
     "Scenario",
     "ScenarioError",
+    "check_precision",
     "default_scenario_path",
+    "emulated_techniques",
     "lifecycle_order",
     "load",
     "resolve_scenario_path",
@@ -40,9 +43,17 @@ def load(
     device_override: str | None = None,
     repeats_override: int | None = None,
     max_cells: int | None = None,
+    cpu: dict | None = None,
 ) -> Scenario:
     """Read, validate and expand a scenario file, and open the data its cells read. Raises
-    ScenarioError."""
+    ScenarioError.
+
+    `cpu` describes what this machine's CPU computes natively
+    (``benchbed.measure.machine.cpu_capability()``); given, a reduced precision the CPU only
+    emulates is refused (``precision.check_precision``). The runner checks it again before a cell
+    starts, so a caller that leaves it out is refused there."""
     scenario = expand(read(path, device_override, repeats_override), max_cells)
+    if cpu is not None:
+        check_precision(scenario, cpu)
     check_data(scenario)
     return scenario

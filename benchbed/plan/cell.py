@@ -57,6 +57,7 @@ class Cell:
     timeout_s: float
     data: dict[str, Any] = field(default_factory=dict)
     base_dir: str = "."
+    threads: int | None = None  # torch intra-op threads of a CPU cell; None: torch's default
     baseline: str = ""
     # earlier pipeline stages this cell reads: workload name -> the config_key of the cell (same
     # seed and repeat) that trains it (plan/stages.py links them; part of the configuration)
@@ -87,6 +88,8 @@ class Cell:
             "eval_every_tokens": self.eval_every_tokens,
             "stop_at_target": self.stop_at_target,
             "device": self.device,
+            # only when set, so the keys of cells that leave it to torch stay what they were
+            **({"threads": self.threads} if self.threads is not None else {}),
         }
         if self.inputs:  # only stages have inputs: every other cell keeps its config_key
             config["inputs"] = dict(sorted(self.inputs.items()))

@@ -18,7 +18,7 @@ from benchbed.plan import profile as profiling
 from benchbed.plan import stages
 from benchbed.plan.cell import Cell, lifecycle_order
 from benchbed.plan.scenario import MAX_SEED, ScenarioError, ScenarioSpec, _Checker, suggest
-from benchbed.techniques import REGISTRY, TechniqueError, build_config
+from benchbed.techniques import PERMISSION_OPTIONS, REGISTRY, TechniqueError, build_config
 from benchbed.workloads import WORKLOADS
 
 DEFAULT_OPTIMIZER = "adamw"
@@ -182,8 +182,12 @@ def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
                     raise ScenarioError(f"{path}: {exc}") from None
                 choices.append((tname, opts, config))
             per_tech.append(choices)
+
+        def identity(opts: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in opts.items() if k not in PERMISSION_OPTIONS}
+
         return [
-            ({t: o for t, o, _ in assignment if o}, {t: c for t, _, c in assignment})
+            ({t: identity(o) for t, o, _ in assignment if identity(o)}, {t: c for t, _, c in assignment})
             for assignment in itertools.product(*per_tech)
         ]
 
@@ -207,6 +211,7 @@ def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
             stop_at_target=spec.stop_at_target,
             device=spec.device,
             timeout_s=spec.timeout_s,
+            threads=spec.threads,
             data=spec.data,
             base_dir=spec.base_dir,
             configs=configs,

@@ -12,6 +12,7 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     target_loss = 0.70              # optional; the workload's otherwise
     stop_at_target = true
     timeout_s = 600                 # per cell
+    threads = 1                     # optional: torch threads per CPU cell (torch's default: one per core)
     eval_every_tokens = 129024      # optional; the workload's otherwise
 
     [budget]                        # any of tokens / steps / seconds; the workload's otherwise
@@ -86,6 +87,7 @@ TOP_LEVEL_KEYS = {
     "target_loss",
     "stop_at_target",
     "timeout_s",
+    "threads",
     "eval_every_tokens",
     "budget",
     "data",
@@ -117,8 +119,14 @@ def suggest(name: str, known) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def default_scenario_path() -> str:
-    return str(importlib.resources.files("benchbed.scenarios") / "quick.toml")
+def default_scenario_path(cuda: bool | None = None) -> str:
+    """The scenario `benchbed run` runs when given none: quick-gpu.toml where CUDA is available
+    (`cuda` None: ask torch), else quick.toml, whose combinations mean the same on every x86 CPU."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return str(importlib.resources.files("benchbed.scenarios") / ("quick-gpu.toml" if cuda else "quick.toml"))
 
 
 def resolve_scenario_path(name: str | None) -> str:
@@ -184,6 +192,7 @@ class ScenarioSpec:
     repeats: int
     stop_at_target: bool
     timeout_s: float
+    threads: int | None
     workloads: list[str]
     budget_tokens: int | None
     budget_steps: int | None
@@ -259,6 +268,13 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise ck.fail(key, f"unknown key{suggest(key, TOP_LEVEL_KEYS)}")
+    if not set(raw) - {"name", "description"}:
+        what = "has no keys (empty or comments only)" if not raw else "gives only a name"
+        raise ck.fail(
+            "file",
+            f"nothing to run: the scenario {what}; give at least a workload or [matrix] techniques, "
+            'e.g. workload = "lm-tiny" and [matrix] techniques = ["adamw", "lion"]',
+        )
 
     name = ck.typed(raw.get("name", os.path.splitext(os.path.basename(path))[0]), str, "name", "a string")
     if not name.strip():
@@ -301,6 +317,7 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
             f"at most {MAX_TIMEOUT_S} (7 days), got {timeout_s:g}: far larger values overflow the "
             "timer and would silently disable the timeout",
         )
+    threads = ck.positive(raw["threads"], "threads", integer=True) if "threads" in raw else None
 
     matrix = raw.get("matrix", {})
     ck.typed(matrix, dict, "matrix", "a table")
@@ -360,6 +377,7 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
         repeats=repeats,
         stop_at_target=stop_at_target,
         timeout_s=float(timeout_s),
+        threads=threads,
         workloads=workloads,
         budget_tokens=b_tokens,
         budget_steps=b_steps,

@@ -4,7 +4,7 @@ One row per combination in ``benchbed.analyse.tables.leaderboard`` order, ranked
 (time to target by default; any of ``benchbed.analyse.tables.METRICS``, e.g. the memory columns
 ``saved_activation_bytes`` or ``optimizer_state_bytes``, which then get a column of their own); every
 value is written by ``benchbed.present.format.format_value`` (times in seconds, energy in joules,
-memory in GiB).
+memory in GiB). A combination that ran a precision its CPU only emulates says so after its name.
 """
 
 from __future__ import annotations
@@ -30,6 +30,17 @@ COLUMNS = {
 }
 
 
+def emulated_labels(cells) -> dict[str, str]:
+    """Variant -> ' (emulated bf16)' for variants run in a precision their CPU only emulates."""
+    if "emulated_precision" not in cells:
+        return {}
+    emulated = cells.dropna(subset=["emulated_precision"])
+    return {
+        variant: f" (emulated {'+'.join(sorted(set(group['emulated_precision'])))})"
+        for variant, group in emulated.groupby("variant")
+    }
+
+
 def columns_for(rank_by: str) -> dict[str, str | None]:
     """The table's headings: the default ones, plus the ranked metric when it is not among them."""
     if rank_by in COLUMNS.values():
@@ -42,6 +53,7 @@ def columns_for(rank_by: str) -> dict[str, str | None]:
 def print_ranked_table(cells, title: str, rank_by: str = "time_to_target_s") -> None:
     board = leaderboard(cells, rank_by)
     headings = columns_for(rank_by)
+    emulated = emulated_labels(cells)
     table = Table(
         title=title,
         caption=f"ranked by {rank_by}; median over seeds and repeats; "
@@ -50,7 +62,9 @@ def print_ranked_table(cells, title: str, rank_by: str = "time_to_target_s") -> 
     for heading in headings:
         left = heading in ("variant", "statuses")
         widest = (
-            int(board["variant"].astype(str).str.len().max()) if heading == "variant" and len(board) else None
+            max(len(str(v) + emulated.get(v, "")) for v in board["variant"])
+            if heading == "variant" and len(board)
+            else None
         )
         table.add_column(heading, justify="left" if left else "right", no_wrap=True, min_width=widest)
     for _, r in board.iterrows():
@@ -58,7 +72,7 @@ def print_ranked_table(cells, title: str, rank_by: str = "time_to_target_s") -> 
         values = [format_value(r.get(c), c, missing=NOT_MEASURED) for c in headings.values() if c is not None]
         table.add_row(
             str(r["rank"]),
-            Text(str(r["variant"])),  # Text: "[rule=sqrt]" in a variant is not rich markup
+            Text(str(r["variant"]) + emulated.get(r["variant"], "")),  # Text: "[rule=sqrt]" is not markup
             f"{r['n_reached']}/{r['n_cells']}",
             *values,
             str(r.get("status_counts", "")),

@@ -88,6 +88,7 @@ CELL_COLUMNS: list[Column] = [
         status  str  reached | budget_exhausted | diverged | oom | error | timeout | killed
         error  str  why a cell failed or diverged (None otherwise)
         teardown_error  str  the cell trained and wrote its row, then its processes did not exit cleanly (why; None when they did): the result stands
+        partial  bool  the runner stopped the cell (timeout, crash, kill) before it wrote its row: its curves and telemetry are what it streamed until then, every metric is NaN
         loss_floor  float  the data's exact loss floor in nats where known, NaN otherwise
         final_val_loss  float  validation loss at the last evaluation
         best_val_loss  float  lowest validation loss seen
@@ -121,6 +122,7 @@ CELL_COLUMNS: list[Column] = [
         train_time_s  float  time inside training steps, every step included (evaluation excluded)
         eval_time_s  float  time spent evaluating (float32 for every cell)
         warmup_time_s  float  time of the untimed warm-up step, the same for every cell and undone (lazy initialisation, compilation)
+        measure_time_s  float  time spent counting FLOPs and measuring memory on replicas of sampled steps, off the clock (not in train_time_s)
         wall_time_s  float  wall time of the cell process from start to its row
         tokens_per_s  float  tokens trained per second of training time
         started_at  str  UTC start time (ISO 8601)
@@ -191,6 +193,8 @@ CELL_COLUMNS: list[Column] = [
         torch_version  str  torch version of the cell
         threads  int  torch intra-op threads the cell trained with (curves are bitwise-reproducible only at a fixed count)
         run_extra  str  notes techniques left for the results (JSON)
+        emulated_precision  str  reduced precision the cell ran although its CPU only emulates it (allow_emulated), e.g. bf16; None when none
+        launcher  str  how the cell's process started: fork (from the runner's fork server), subprocess or torchrun
         """,
     ),
 ]

@@ -1,13 +1,15 @@
 """The results directory: Parquet tables and run.json, written atomically, read as DataFrames.
 
 Each cell writes `parts/<cell_id>/` (row.json, curves.parquet, telemetry.parquet) into a temporary
-directory renamed into place, so a part is either complete or absent. The run-level tables
+directory renamed into place, so a part is either complete or absent. While it runs, it streams its
+curves and telemetry to `parts/.live/<cell_id>/` (`results.live`); a cell the runner stops gets a
+part built from those (`write_failed_part`). The run-level tables
 (`cells.parquet`, `curves.parquet`, `telemetry.parquet`) are rebuilt from the parts, also through a
 temporary file and a rename; a killed run therefore leaves every finished cell exactly once.
 
 Files are created with the permissions the umask allows (0644 under the usual 022), not the 0600 of
 a bare temporary file. What a kill can leave behind -- temporary files, a part renamed aside halfway
-through its replacement -- is tidied by `clean_stray`, and a part that cannot be read back is moved
+through its replacement, the live files of a cell killed with its runner -- is tidied by `clean_stray`, and a part that cannot be read back is moved
 to `parts/.corrupt/` by `quarantine_damaged` (never deleted) so its cell runs again; the runner calls
 both, under its lock, before the first cell.
 """
@@ -27,6 +29,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from benchbed import SCHEMA_VERSION
+from benchbed.results import live
 from benchbed.results.schema import CURVE_COLUMN_NAMES, STATUSES, TELEMETRY_COLUMN_NAMES
 
 CELLS = "cells.parquet"
@@ -131,6 +134,16 @@ def write_part(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_failed_part(out_dir: Path, cell_id: str, row: dict) -> Path:
+    """Write the part of a cell the runner had to stop (timeout, crash, kill): its failure row,
+    labelled ``partial``, with the curves and telemetry the cell streamed until then
+    (``results.live``), whose live files are then removed."""
+    curves, telemetry = live.read(out_dir, cell_id)
+    final = write_part(out_dir, cell_id, {**row, "partial": True}, curves, telemetry)
+    live.remove(out_dir, cell_id)
+    return final
 
 
 def write_part_files(out_dir: Path, cell_id: str, files: dict[str, bytes]) -> Path:
@@ -258,10 +271,15 @@ _OLD_PART = re.compile(r"^\.(?P<cell>.+)\.old\.\d+$")  # write_part's replaced p
 
 def clean_stray(out_dir: Path) -> list[str]:
     """Remove what a killed writer left: temporary files and directories, spec files of cells that
-    no longer run, and a part renamed aside mid-replacement (put back when its replacement never
-    arrived). Only safe while holding the results directory's lock. Returns what was done."""
+    no longer run, a part renamed aside mid-replacement (put back when its replacement never
+    arrived), and the live files of cells killed with their runner (no part, so they run again).
+    Only safe while holding the results directory's lock. Returns what was done."""
     out_dir = Path(out_dir)
     done: list[str] = []
+    stale_live = out_dir / PARTS / live.LIVE
+    if stale_live.is_dir() and not stale_live.is_symlink():
+        shutil.rmtree(stale_live, ignore_errors=True)
+        done.append(f"{stale_live}: removed (live files of cells stopped with an interrupted run)")
     places = [out_dir, out_dir / PARTS]
     for place in places:
         if not place.is_dir():

@@ -1,7 +1,8 @@
-"""Launching one cell: a child process (`python -m benchbed.worker`, or torchrun for a
-multi-process cell) with a timeout that kills its whole process group, a cell that dies with its
-runner, and a row for every way a cell can end (`run.crash` says which status a cell that wrote
-no row gets, from the evidence gathered here).
+"""Launching one cell: a child process (forked by the run's fork server, `run.zygote`, where it
+can; else `python -m benchbed.worker`, or torchrun for a multi-process cell) with a timeout that
+kills its whole process group, a cell that dies with its runner, and a row for every way a cell can
+end (`run.crash` says which status a cell that wrote no row gets, from the evidence gathered here;
+a stopped cell's row comes with the curves and telemetry it streamed until then, labelled partial).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from benchbed.results import store
 from benchbed.results.schema import failure_row, now_iso
 from benchbed.run import crash
 from benchbed.run.teardown import label_teardown
+from benchbed.run.zygote import ForkedCell, ForkServer, fork_cell
 
 STDERR_TAIL_CHARS = 2000
 
@@ -46,8 +48,12 @@ def _part_stamp(part: Path) -> tuple[int, int] | None:
     return info.st_ino, info.st_mtime_ns
 
 
-def _wait(proc: subprocess.Popen) -> float:
-    """Reap the cell; its peak resident set in bytes (NaN where wait4 is not available)."""
+def _wait(proc: subprocess.Popen | ForkedCell) -> float:
+    """Reap the cell; its peak resident set in bytes (NaN where wait4 is not available). A forked
+    cell is the fork server's child: the server reaps it with wait4 and reports the same figure."""
+    if isinstance(proc, ForkedCell):
+        proc.wait()
+        return proc.peak_rss_bytes
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except (AttributeError, ChildProcessError):
@@ -63,6 +69,7 @@ def run_cell_subprocess(
     timeout_s: float,
     cell_env: dict | None = None,
     on_event: Callable[[dict], None] = lambda e: None,
+    fork_server: ForkServer | None = None,
 ) -> dict:
     """Run one cell in a child process; returns its row (written to the results either way)."""
     out_dir = Path(out_dir)
@@ -74,9 +81,10 @@ def run_cell_subprocess(
     ) as f:
         json.dump(spec, f)
         spec_path = f.name
-    env = {**os.environ, **(cell_env or {}), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(cell_env or {}), "PYTHONUNBUFFERED": "1", "BENCHBED_LAUNCHER": "subprocess"}
     timed_out = threading.Event()
     with tempfile.TemporaryFile(mode="w+", dir=out_dir) as stderr_file:
+        proc = fork_cell(fork_server, spec, [spec_path, str(out_dir)], env, stderr_file)
         launcher = [sys.executable]
         if spec.get("world_size", 1) > 1:  # real torch.distributed: one process per rank
             launcher += [
@@ -85,7 +93,8 @@ def run_cell_subprocess(
                 "--standalone",
                 f"--nproc-per-node={spec['world_size']}",
             ]
-        proc = subprocess.Popen(
+            env["BENCHBED_LAUNCHER"] = "torchrun"
+        proc = proc or subprocess.Popen(
             [*launcher, "-m", "benchbed.worker", spec_path, str(out_dir)],
             stdout=subprocess.PIPE,
             stderr=stderr_file,
@@ -148,11 +157,14 @@ def run_cell_subprocess(
         reason = "exit code 0 but no readable results part"
     known = {
         **spec["identity"],
-        **{key: spec.get(key) for key in ("run_id", "git_sha", "torch_version", "threads")},
+        **{key: spec.get(key) for key in ("run_id", "git_sha", "torch_version")},
+        "threads": spec.get("threads") or spec.get("default_threads"),
         "started_at": started,
         "finished_at": now_iso(),
         "peak_rss_bytes": peak_rss,
+        "launcher": "fork" if isinstance(proc, ForkedCell) else env["BENCHBED_LAUNCHER"],
     }
     row = failure_row(known, status, f"{reason}; stderr tail:\n{tail}".strip())
-    store.write_part(out_dir, spec["cell_id"], row, None, None)  # OSError (disk full) goes up
+    # with the curves and telemetry it streamed until then; OSError (disk full) goes up
+    store.write_failed_part(out_dir, spec["cell_id"], row)
     return row

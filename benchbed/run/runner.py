@@ -1,4 +1,11 @@
-"""The runner: every cell of a scenario in its own subprocess, with a timeout, resumable.
+"""The runner: every cell of a scenario in its own process, with a timeout, resumable.
+
+* Each cell is a fresh process forked by the run's fork server (`run.zygote`), which imported
+  torch and the worker once; where a fork would not give the same cell (multi-process cells,
+  another environment, CUDA initialised, not Linux) it is a new interpreter instead
+  (``launcher="subprocess"``), and the run says why.
+* A reduced precision the CPU only emulates is refused before anything is written
+  (``plan.check_precision``), unless the technique's ``allow_emulated`` asks for it.
 
 * One runner per results directory: it holds an exclusive lock on ``<out>/.lock`` (`run.lock`)
   from before its first read to after its last write; a second one is refused (`Locked`).
@@ -28,15 +35,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchbed import SCHEMA_VERSION
+from benchbed.measure import machine
 from benchbed.measure.idle import measure_idle_power
-from benchbed.plan import Cell, Scenario, stages
+from benchbed.plan import Cell, Scenario, check_precision, stages
 from benchbed.results import store
 from benchbed.results.schema import FAILED_STATUSES, RERUN_STATUSES, now_iso
 from benchbed.run.environment import environment
 from benchbed.run.launchers import run_cell_subprocess
 from benchbed.run.lock import RunLock
 from benchbed.run.progress import Progress
+from benchbed.run.zygote import ForkServer
 from benchbed.text import os_error_reason, printable
+
+LAUNCHERS = ("fork", "subprocess")
 
 
 class ResultsWriteError(RuntimeError):
@@ -116,6 +127,29 @@ def _idle_power(cells: list[Cell], seconds: float = 5.0) -> dict:
         return {"idle_sensor_errors": f"{type(exc).__name__}: {exc}"}
 
 
+def _busy_cores(todo: list[Cell]) -> str:
+    """A warning when other processes already keep this machine's cores busy: CPU cells then run
+    slower and noisier than the machine can (and threads waiting on each other can be many times
+    slower), so their times describe the neighbours too."""
+    if not any(c.device == "cpu" for c in todo) or not hasattr(os, "getloadavg"):
+        return ""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load < cores:
+        return ""
+    return (
+        f"warning: the load average is {load:.1f} on {cores} CPU(s): other processes compete for the "
+        "cores, so CPU cells will run slower and noisier than this machine can"
+    )
+
+
+def _say_fallbacks(server: ForkServer | None, said: set[str], say: Callable[[str], None]) -> None:
+    """Say once per reason why cells run as new interpreters instead of forks."""
+    for reason in server.fallbacks if server is not None else ():
+        if reason not in said:
+            said.add(reason)
+            say(f"cells run as new processes, not forks: {reason}")
+
+
 def select(cells: list[Cell], only: str | None) -> list[Cell]:
     """The cells `--only PATTERN` keeps (id or variant matching the glob, or id containing it)."""
     if not only:
@@ -154,29 +188,51 @@ def run_scenario(
     cell_filter: Callable[[Cell], bool] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    launcher: str = "fork",
+    fork_server: ForkServer | None = None,
 ) -> Path:
     """Run the scenario's cells that are not yet in `out_dir`; returns `out_dir`.
 
-    Raises `run.lock.Locked` when another runner holds `out_dir`, `UnusableOutDir` when it cannot
-    be created or locked, `ResultsWriteError` when the results cannot be written, `KeyboardInterrupt` (`Interrupted`) when stopped; in every case the
-    cells that finished are in `out_dir`."""
-    out_dir = Path(out_dir)
+    `launcher` "fork" forks cells from a fork server where that gives the same cell (`fork_server`,
+    one the caller started early so its imports overlap the caller's, else one started here; closed
+    at the end either way), "subprocess" starts a new interpreter for every cell.
+
+    Raises ScenarioError (nothing written) for a reduced precision this CPU only emulates,
+    `run.lock.Locked` when another runner holds `out_dir`, `UnusableOutDir` when it cannot be
+    created or locked, `ResultsWriteError` when the results cannot be written, `KeyboardInterrupt`
+    (`Interrupted`) when stopped; in every case the cells that finished are in `out_dir`."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
+    # the fork server (given, or started under the lock) is closed however the run ends. It is a new
+    # interpreter (exec), never a fork of this process, so it cannot inherit the lock's descriptor
+    # (close-on-exec), and the cells it forks cannot either: the lock ends with this runner.
+    servers = [fork_server] if fork_server is not None else []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out_dir).acquire()
-    except OSError as exc:
-        raise UnusableOutDir(
-            f"{exc.filename or out_dir}: --out: cannot use it ({os_error_reason(exc)})"
-        ) from None
-    try:
-        return _run_locked(scenario, out_dir, only, retry_failed, cell_env, cell_filter, progress, log)
-    except OSError as exc:
-        raise ResultsWriteError(describe_write_error(exc, out_dir)) from None
+        check_precision(scenario, machine.cpu_capability())
+        out_dir = Path(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out_dir).acquire()
+        except OSError as exc:
+            raise UnusableOutDir(
+                f"{exc.filename or out_dir}: --out: cannot use it ({os_error_reason(exc)})"
+            ) from None
+        try:
+            return _run_locked(
+                scenario, out_dir, only, retry_failed, cell_env, cell_filter, progress, log, launcher, servers
+            )
+        except OSError as exc:
+            raise ResultsWriteError(describe_write_error(exc, out_dir)) from None
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        for server in servers:
+            server.close()
 
 
-def _run_locked(scenario, out_dir, only, retry_failed, cell_env, cell_filter, progress, log) -> Path:
+def _run_locked(
+    scenario, out_dir, only, retry_failed, cell_env, cell_filter, progress, log, launcher, servers
+) -> Path:
     notes = store.clean_stray(out_dir)
     moved = store.quarantine_run_json(out_dir)
     notes += [moved] if moved else []
@@ -187,6 +243,16 @@ def _run_locked(scenario, out_dir, only, retry_failed, cell_env, cell_filter, pr
     if cell_filter is not None:
         todo = [c for c in todo if cell_filter(c)]
     threads = cell_threads()
+    fork_server = servers[0] if servers else None
+    # a server no cell can use would only import torch beside the cells being measured
+    if launcher != "fork" or cell_env or not any(c.world_size == 1 for c in todo):
+        if fork_server is not None:
+            fork_server.close()
+        fork_server = None
+    elif fork_server is None:
+        fork_server = ForkServer()
+        servers.append(fork_server)  # closed by run_scenario however the run ends
+        fork_server.start()  # imports torch and the worker while the run gets ready
     meta.update(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
@@ -212,6 +278,10 @@ def _run_locked(scenario, out_dir, only, retry_failed, cell_env, cell_filter, pr
     if done:
         say(f"resuming {out_dir}: {len(done)} cell(s) already done, {len(todo)} to run")
     failure: OSError | None = None
+    busy = _busy_cores(todo)
+    if busy:
+        say(busy)
+    said: set[str] = set()
     try:
         for cell in todo:
             spec = {
@@ -219,7 +289,9 @@ def _run_locked(scenario, out_dir, only, retry_failed, cell_env, cell_filter, pr
                 "run_id": run_id,
                 "git_sha": sha,
                 "torch_version": meta["env"]["torch"],
-                "threads": threads,
+                # the cell's own `threads` (the scenario's, part of its configuration and identity)
+                # stays as it is; cells without one train with this (BENCHBED_THREADS or torch's)
+                "default_threads": threads,
             }
             if idle and cell.device == "cuda":
                 spec["idle_power_w"] = idle.get("idle_power_w")
@@ -231,7 +303,9 @@ def _run_locked(scenario, out_dir, only, retry_failed, cell_env, cell_filter, pr
                 cell.timeout_s,
                 cell_env,
                 on_event=lambda e, cid=cell.cell_id: bar.event(cid, e),
+                fork_server=fork_server,
             )
+            _say_fallbacks(fork_server, said, say)
             store.consolidate(out_dir, tables=(store.CELLS,))
             bar.advance()
             say(
@@ -249,6 +323,8 @@ def _run_locked(scenario, out_dir, only, retry_failed, cell_env, cell_filter, pr
     except OSError as exc:
         failure = exc
     finally:
+        if fork_server is not None:
+            fork_server.close()
         bar.close()
         with _signals_deferred():
             try:

@@ -1,12 +1,14 @@
 """The cell's process: ``python -m benchbed.worker SPEC.json OUT_DIR``.
 
-Trains the cell the spec describes and writes ``OUT_DIR/parts/<cell_id>/`` atomically. Progress
-goes to stdout as JSON lines (``{"event": "eval", ...}``) for the runner's progress bar. Under
-torchrun only rank 0 reports and writes; then every rank tears the process group down together
-(``worker/distributed.py``). A part that cannot be written (disk full) is reported as
-``{"event": "write_failed", "errno", "filename", "reason"}``: that says nothing about the cell, so
-the runner stops the run without a row for it, and a resume runs it again. A scenario's
-``[profile]`` adds a profiler trace of the cell after its part is written (``worker/profile.py``).
+Trains the cell the spec describes and writes ``OUT_DIR/parts/<cell_id>/`` atomically; while it
+trains, its curves and telemetry are streamed to ``OUT_DIR/parts/.live/<cell_id>/`` (removed once
+the part is written). Progress goes to stdout as JSON lines (``{"event": "eval", ...}``) for the
+runner's progress bar. Under torchrun only rank 0 reports, streams and writes; then every rank
+tears the process group down together (``worker/distributed.py``). A part that cannot be written
+(disk full) is reported as ``{"event": "write_failed", "errno", "filename", "reason"}``: that says
+nothing about the cell, so the runner stops the run without a row for it, and a resume runs it
+again. A scenario's ``[profile]`` adds a profiler trace of the cell after its part is written
+(``worker/profile.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchbed.results import store
+from benchbed.results import live, store
 from benchbed.results.schema import failure_row
 from benchbed.text import os_error_reason
 from benchbed.worker.cell import identity_row, train_cell
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     spec = json.loads(Path(argv[0]).read_text())
     out_dir = Path(argv[1])
-    threads = os.environ.get("BENCHBED_THREADS")
+    # the scenario's `threads` is part of the cell's configuration; BENCHBED_THREADS sets the
+    # rest (cells that leave it to torch)
+    threads = spec.get("threads") or os.environ.get("BENCHBED_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
 
@@ -67,16 +71,18 @@ def _train_and_write(spec: dict, out_dir: Path, emit, leader: bool, started: flo
 
     try:
         row, curves, telemetry = train_cell(
-            spec, emit=emit if leader else lambda event: None, out_dir=out_dir
+            spec, emit=emit if leader else lambda event: None, out_dir=out_dir, stream=leader
         )
     except DataError as exc:
         if leader:
-            write(failure_row(identity_row(spec), "error", str(exc)))
+            write(failure_row(identity_row(spec), "error", str(exc)) | {"partial": False})
+            live.remove(out_dir, spec["cell_id"])
         print(f"benchbed cell: {exc}", file=sys.stderr)
         return 1
     if leader:
         if not write(row, curves, telemetry):
             return 1
+        live.remove(out_dir, spec["cell_id"])
         emit({"event": "done", "status": row["status"]})
     if spec.get("profile") and not is_distributed():  # after the row: never touches the timed run
         from benchbed.worker.profile import add_profile

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchbed.measure import carbon, ranks
+from benchbed.measure import carbon, machine, ranks
 from benchbed.measure.flops import utilisation
 from benchbed.measure.machine import cpu_model
 from benchbed.measure.memory import storage_bytes
@@ -29,6 +29,7 @@ from benchbed.worker import artifacts
 from benchbed.worker.assemble import build, configure, default_device, run_settings
 from benchbed.worker.context import TrainContext
 from benchbed.worker.loop import seed_everything, train
+from benchbed.worker.stream import LiveStream
 from benchbed.workloads import WORKLOADS
 
 
@@ -92,6 +93,20 @@ def _rank_means(per_rank: list[dict]) -> dict:
     return out
 
 
+def emulated_precision(cell: Cell) -> str | None:
+    """The reduced precisions of the cell's techniques that its device only emulates ('+'-joined),
+    or None. Such a cell is refused when the scenario is checked unless the technique's
+    `allow_emulated` is set."""
+    precisions = {cell.technique(n).precision for n in cell.techniques} - {None}
+    if not precisions:
+        return None
+    if cell.device == "cpu":
+        states = machine.cpu_capability()["precision"]
+    else:
+        states = machine.cuda_precision(torch.cuda.current_device())
+    return "+".join(sorted(p for p in precisions if states.get(p) != "native")) or None
+
+
 def cell_run_settings(cell: Cell, workload, device: torch.device):
     """The run settings of a cell (the train loop's, and the profiler's short run of the same cell)."""
     return run_settings(
@@ -112,13 +127,18 @@ def cell_run_settings(cell: Cell, workload, device: torch.device):
 
 
 def train_cell(
-    spec: dict, emit=lambda event: None, out_dir: Path | None = None
+    spec: dict, emit=lambda event: None, out_dir: Path | None = None, stream: bool = True
 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Run one cell in this process: (cells row, curves frame, telemetry frame). `out_dir` is the
-    results directory, where pretrained bases and stage checkpoints live (worker/artifacts.py)."""
+    results directory, where pretrained bases and stage checkpoints live (worker/artifacts.py);
+    with `stream`, the cell's curves and telemetry are also streamed to its live files there while
+    it trains (``results.live``; only one rank of a multi-process cell streams)."""
     wall0 = time.perf_counter()
     row = identity_row(spec)
     cell = Cell.from_spec(spec)
+    row["emulated_precision"] = emulated_precision(cell)
+    row["launcher"] = os.environ.get("BENCHBED_LAUNCHER", "in-process")
+    row["partial"] = False
     device = default_device(cell.device)
     seed_everything(cell.seed, device)
     workload = WORKLOADS[cell.workload].with_data(cell.data, cell.base_dir)
@@ -153,18 +173,26 @@ def train_cell(
         **({"idle_power_w": spec["idle_power_w"]} if "idle_power_w" in spec else {}),
     )
     telemetry.start()
+    live = LiveStream(out_dir if stream else None, cell.cell_id, telemetry)
+    live.start()
+
+    def emit_and_keep(event: dict) -> None:
+        live.on_event(event)
+        emit(event)
+
     outcome: dict
     try:
-        outcome = train(ctx, data, telemetry, emit=emit)
+        outcome = train(ctx, data, telemetry, emit=emit_and_keep)
     except Exception as exc:  # recorded, not raised: the curve so far is still worth keeping
         outcome = {
             "status": "oom" if _is_oom(exc) else "error",
             "error": "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:],
-            "curves": [],
+            "curves": list(live.curves),
         }
         traceback.print_exc()
     finally:
         summary = telemetry.stop()
+        live.stop()
     measured = outcome.pop("measured", {})
     if "cuda_peak_allocated_bytes" in measured and summary.get("mem_source") == "cuda_max_allocated":
         summary["peak_mem_bytes"] = measured["cuda_peak_allocated_bytes"]  # the replicas' copies left out
@@ -179,6 +207,8 @@ def train_cell(
             curves[key] = pd.Series(dtype=float)
     row.update(outcome)
     row.update(summary)
+    if live.errors:
+        row["sensor_errors"] = "; ".join(filter(None, [row.get("sensor_errors"), *live.errors]))
     row["error"] = outcome.get("error")
     model = ctx.model
     intensity, _ = carbon.grid_intensity(cell.grid_intensity)

@@ -107,7 +107,7 @@ def train(
         "steps_to_target": math.nan,
         "energy_to_target_j": math.nan,
     }
-    eval_time_s = warmup_time_s = 0.0
+    eval_time_s = warmup_time_s = measure_time_s = 0.0
     train_losses: list[torch.Tensor] = []
     best = math.inf
     status = "budget_exhausted"
@@ -169,6 +169,7 @@ def train(
                 # (the caching allocator keeps their blocks reserved: max_memory_reserved_bytes says so)
                 sync(device)
                 cuda_peak = max(cuda_peak, torch.cuda.max_memory_allocated(device))
+            t_measure = clock()
             try:  # on a replica, off the clock; a failure costs the figures, never the cell
                 m = measure_step(ctx, batch)
                 sampler.add(m.count, ctx.progress())
@@ -181,6 +182,7 @@ def train(
                 if device.type == "cuda":
                     gc.collect()
                     torch.cuda.reset_peak_memory_stats(device)
+                measure_time_s += clock() - t_measure
         sync(device)
         telemetry.window_start()
         t0 = clock()
@@ -228,6 +230,7 @@ def train(
         train_time_s=ctx.train_time_s,
         eval_time_s=eval_time_s,
         warmup_time_s=warmup_time_s,
+        measure_time_s=measure_time_s,
         steps=ctx.step,
         tokens=ctx.tokens,
         tokens_per_s=ctx.tokens / ctx.train_time_s if ctx.train_time_s > 0 else math.nan,

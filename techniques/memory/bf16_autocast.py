@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from benchbed.techniques.base import Technique, TechniqueError, register
+from benchbed.techniques.base import PrecisionConfig, Technique, TechniqueError, register
 
 
 @register
@@ -22,10 +22,20 @@ class BF16Autocast(Technique):
     name = "bf16_autocast"
     category = "memory/precision"
     paper = "Micikevicius et al. 2018, Mixed Precision Training"
+    Config = PrecisionConfig
+    precision = "bf16"
 
     def validate(self, cell):
-        if cell.get("device") == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        if cell.get("device") != "cuda" or not torch.cuda.is_available():
+            return  # a CPU cell is checked against the CPU's capability by the plan
+        if not torch.cuda.is_bf16_supported():
             raise TechniqueError("techniques: bf16_autocast: this GPU does not support bfloat16")
+        if not torch.cuda.is_bf16_supported(including_emulation=False) and not self.config.allow_emulated:
+            raise TechniqueError(
+                "techniques.bf16_autocast: this GPU only emulates bfloat16 (compute capability below 8.0), "
+                "so the cell would time the emulation; use fp16_autocast on it, or set "
+                "[techniques.bf16_autocast] allow_emulated = true to run it labelled as emulated"
+            )
 
     def configure(self, run):
         run.autocast_dtype = torch.bfloat16

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from benchbed.techniques.base import Technique, TechniqueError, register
+from benchbed.techniques.base import PrecisionConfig, Technique, TechniqueError, register
 
 
 def fp16_autocast_supported(device_type: str) -> bool:
@@ -38,6 +38,8 @@ class FP16Autocast(Technique):
     name = "fp16_autocast"
     category = "memory/precision"
     paper = "Micikevicius et al. 2018, Mixed Precision Training"
+    Config = PrecisionConfig
+    precision = "fp16"
     conflicts = ("bf16_autocast",)
 
     def validate(self, cell):

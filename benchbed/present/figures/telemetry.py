@@ -26,17 +26,17 @@ def downsample_minmax(frame: pd.DataFrame, x: str, ys: list[str], max_points: in
     buckets = max(1, max_points // (2 * max(1, len(ys))))
     bucket = (np.arange(len(frame)) * buckets) // len(frame)
     positions = set()
-    grouped = pd.DataFrame({"bucket": bucket})
+    grouped = pd.DataFrame({"bucket": bucket})  # index = row position in the sorted frame
     for y in ys:
         values = frame[y].to_numpy(float)
         if np.isnan(values).all():
             continue
         grouped["v"] = values
-        grouped["pos"] = np.arange(len(frame))
-        valid = grouped.dropna(subset=["v"])
-        by_bucket = valid.groupby("bucket")["v"]
-        positions.update(valid["pos"].to_numpy()[by_bucket.idxmin().to_numpy()].tolist())
-        positions.update(valid["pos"].to_numpy()[by_bucket.idxmax().to_numpy()].tolist())
+        # a quantity sampled at a slower rate is NaN between its samples: buckets use its own rows,
+        # and idxmin / idxmax give their labels, which are positions in the sorted frame
+        by_bucket = grouped.dropna(subset=["v"]).groupby("bucket")["v"]
+        positions.update(by_bucket.idxmin().to_numpy().tolist())
+        positions.update(by_bucket.idxmax().to_numpy().tolist())
     if not positions:
         positions = set(range(0, len(frame), max(1, len(frame) // max_points)))
     return frame.iloc[sorted(positions)]
