@@ -18,8 +18,20 @@ from benchbed.techniques.base import (
     build_config,
     register,
 )
+from benchbed.techniques.search_space import Dimension, LogUniform, Uniform
 
-__all__ = ["CATEGORIES", "REGISTRY", "NoOptions", "Technique", "TechniqueError", "build_config", "register"]
+__all__ = [
+    "CATEGORIES",
+    "REGISTRY",
+    "Dimension",
+    "LogUniform",
+    "NoOptions",
+    "Technique",
+    "TechniqueError",
+    "Uniform",
+    "build_config",
+    "register",
+]
 
 
 def _load_all() -> None:

@@ -19,6 +19,8 @@ import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from benchbed.techniques.search_space import Dimension
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -55,6 +57,14 @@ def register(cls: type[Technique]) -> type[Technique]:
         raise RuntimeError(f"technique name '{cls.name}' registered twice")
     if cls.category not in CATEGORIES:
         raise RuntimeError(f"technique '{cls.name}': unknown category '{cls.category}'")
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    for option, dimension in cls.search_space.items():
+        if option not in fields:
+            raise RuntimeError(f"technique '{cls.name}': search_space.{option}: not an option of its config")
+        try:
+            dimension.check()
+        except ValueError as exc:
+            raise RuntimeError(f"technique '{cls.name}': search_space.{option}: {exc}") from None
     REGISTRY[cls.name] = cls
     return cls
 
@@ -78,6 +88,8 @@ class Technique:
     provides_optimizer: ClassVar[bool] = False
     wraps_model: ClassVar[bool] = False
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
+    #: option -> range the `external` ruleset tunes (docs/tuning.md); empty: nothing to tune
+    search_space: ClassVar[dict[str, Dimension]] = {}
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -115,6 +127,12 @@ class Technique:
 
     def after_step(self, ctx: TrainContext) -> None:
         """Schedules that act between steps (growth, layer drop, pruning)."""
+
+    @classmethod
+    def declared_space(cls, config: Any) -> dict[str, Dimension]:
+        """The search space for a cell with `config` (a technique whose space depends on an option,
+        such as the fused optimizer's algorithm, overrides this); `search_space` by default."""
+        return dict(cls.search_space)
 
     @classmethod
     def describe(cls) -> str:

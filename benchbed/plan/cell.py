@@ -19,6 +19,11 @@ from benchbed.techniques import CATEGORIES, REGISTRY
 from benchbed.workloads import WORKLOADS
 
 
+def _hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def lifecycle_order(names) -> tuple[str, ...]:
     return tuple(sorted(names, key=lambda n: (CATEGORIES.index(REGISTRY[n].category), n)))
 
@@ -52,13 +57,22 @@ class Cell:
     data: dict[str, Any] = field(default_factory=dict)
     base_dir: str = "."
     baseline: str = ""
+    warmup_frac: float | None = None  # the run's warm-up fraction; None: the workload's
+    # tuning (plan/tuning.py): the ruleset, and for an `external` trial its study, its index, the
+    # values the tuner set ("lion.lr", "warmup_frac"), and the configuration's space and trial count
+    ruleset: str = "defaults"
+    study: int | None = None
+    trial: int | None = None
+    tuned: dict[str, float] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
     # technique -> its typed config (every technique of the cell); not part of the identity, which
     # `options` already fixes
     configs: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def config(self) -> dict[str, Any]:
-        """Everything that defines the configuration, without seed and repeat."""
-        return {
+        """Everything that defines the configuration, without seed and repeat (for a trial: with
+        the values the tuner set)."""
+        config = {
             "workload": self.workload,
             "data": self.data,
             "techniques": list(self.techniques),
@@ -75,6 +89,30 @@ class Cell:
             "stop_at_target": self.stop_at_target,
             "device": self.device,
         }
+        # added only when set, so the keys of configurations without them stay what they were
+        if self.warmup_frac is not None:
+            config["warmup_frac"] = self.warmup_frac
+        if self.ruleset != "defaults":
+            config["ruleset"] = self.ruleset
+            config["tuning"] = self.tuning
+        return config
+
+    def untuned_options(self) -> dict[str, dict[str, Any]]:
+        """`options` without the values the tuner set."""
+        kept = {
+            name: {k: v for k, v in opts.items() if f"{name}.{k}" not in self.tuned}
+            for name, opts in self.options.items()
+        }
+        return {name: opts for name, opts in kept.items() if opts}
+
+    def untuned_config(self) -> dict[str, Any]:
+        """`config()` without the tuned values: the same for every trial and study of a tuned
+        configuration (hashed as `tuning_key`)."""
+        config = self.config()
+        config["options"] = self.untuned_options()
+        if "warmup_frac" in self.tuned:
+            config.pop("warmup_frac", None)
+        return config
 
     def technique(self, name: str):
         """A fresh instance of technique `name` with this cell's config."""
@@ -97,8 +135,13 @@ class Cell:
 
     @property
     def config_key(self) -> str:
-        blob = json.dumps(self.config(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return _hash(self.config())
+
+    @property
+    def tuning_key(self) -> str:
+        """The configuration without tuned values: groups a tuned configuration's trials and studies
+        (equal to `config_key` under the defaults ruleset)."""
+        return _hash(self.untuned_config())
 
     @property
     def techniques_label(self) -> str:
@@ -112,8 +155,9 @@ class Cell:
     def variant(self) -> str:
         """Readable label of the configuration (what differs between cells of one scenario)."""
         parts = []
+        options = self.untuned_options()
         for name in sorted(self.techniques):
-            opts = self.options.get(name)
+            opts = options.get(name)
             parts.append(
                 name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "]" if opts else "")
             )
@@ -123,6 +167,8 @@ class Cell:
             label += f" bs={self.batch_size}"
         if wl is not None and not math.isclose(self.lr, wl.lr):
             label += f" lr={self.lr:g}"
+        if self.warmup_frac is not None and "warmup_frac" not in self.tuned:
+            label += f" warmup={self.warmup_frac:g}"
         return label
 
     @property
@@ -133,7 +179,8 @@ class Cell:
     def cell_id(self) -> str:
         slug = re.sub(r"[^A-Za-z0-9]+", "_", self.variant).strip("_")[:60]
         rep = f"-r{self.repeat}" if self.repeat else ""
-        return f"{self.workload}-{slug}-s{self.seed}{rep}-{self.config_key[:8]}"
+        trial = f"-t{self.trial}" if self.trial is not None else ""
+        return f"{self.workload}-{slug}-s{self.seed}{rep}{trial}-{self.config_key[:8]}"
 
     def identity(self) -> dict[str, Any]:
         """The identity columns of this cell's result row (results.schema, group identity), all but
@@ -159,6 +206,11 @@ class Cell:
             "is_baseline": self.is_baseline,
             "target_loss": self.target_loss,
             "config_json": json.dumps(self.config(), sort_keys=True, default=str),
+            "ruleset": self.ruleset,
+            "study": self.study,
+            "trial": self.trial,
+            "tuning_key": self.tuning_key,
+            "tuned_json": json.dumps(self.tuned, sort_keys=True) if self.ruleset == "external" else None,
         }
 
     def to_spec(self) -> dict[str, Any]:

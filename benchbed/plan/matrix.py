@@ -10,8 +10,10 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from benchbed.plan import tuning as tuning_table
 from benchbed.plan.cell import Cell, lifecycle_order
-from benchbed.plan.scenario import ScenarioError, ScenarioSpec, _Checker, suggest
+from benchbed.plan.check import ScenarioError, _Checker, suggest
+from benchbed.plan.scenario import ScenarioSpec, check_warmup_frac
 from benchbed.techniques import REGISTRY, TechniqueError, build_config
 from benchbed.workloads import WORKLOADS
 
@@ -27,6 +29,7 @@ class Scenario:
     cells: list[Cell]
     baseline: str
     description: str = ""
+    ruleset: str = "defaults"  # external when the scenario's cells are tuning trials
 
 
 def parse_combo(ck: _Checker, combo, field_name: str) -> tuple[str, ...]:
@@ -63,13 +66,15 @@ def expand(spec: ScenarioSpec) -> Scenario:
     target, eval_every = spec.target_loss, spec.eval_every_tokens
 
     # technique combinations and options ------------------------------------------------------
-    known_axes = {"techniques", "batch_size", "lr", "workload"}
+    known_axes = {"techniques", "batch_size", "lr", "workload", "warmup_frac"}
     for key in matrix:
         if key not in known_axes and "." not in key:
             raise ck.fail(
                 f"matrix.{key}",
-                f"unknown axis{suggest(key, known_axes)} (techniques, batch_size, lr, workload, or TECHNIQUE.OPTION)",
+                f"unknown axis{suggest(key, known_axes)} (techniques, batch_size, lr, workload, warmup_frac, or TECHNIQUE.OPTION)",
             )
+    if "warmup_frac" in matrix and spec.warmup_frac is not None:
+        raise ck.fail("matrix.warmup_frac", "warmup_frac given both at top level and as a matrix axis")
     combos = ck.list_of(
         matrix.get("techniques", [DEFAULT_OPTIMIZER]),
         "matrix.techniques",
@@ -107,6 +112,11 @@ def expand(spec: ScenarioSpec) -> Scenario:
         else [None]
     )
     lr_axis = ck.list_of(matrix["lr"], "matrix.lr", lr_check) if "lr" in matrix else [None]
+    warmup_axis = (
+        ck.list_of(matrix["warmup_frac"], "matrix.warmup_frac", lambda v, f: check_warmup_frac(ck, v, f))
+        if "warmup_frac" in matrix
+        else [spec.warmup_frac]
+    )
 
     def options_for(combo) -> list[tuple[dict[str, dict[str, Any]], dict[str, Any]]]:
         """All option assignments of a combination (fixed options times the option axes), each with
@@ -130,7 +140,7 @@ def expand(spec: ScenarioSpec) -> Scenario:
             for assignment in itertools.product(*per_tech)
         ]
 
-    def make_cell(workload, combo, assignment, seed, repeat, bs, lr) -> Cell:
+    def make_cell(workload, combo, assignment, seed, repeat, bs, lr, warmup=spec.warmup_frac) -> Cell:
         options, configs = assignment
         wl = WORKLOADS[workload]
         return Cell(
@@ -153,14 +163,17 @@ def expand(spec: ScenarioSpec) -> Scenario:
             data=spec.data,
             base_dir=spec.base_dir,
             configs=configs,
+            warmup_frac=warmup,
         )
 
     cells: list[Cell] = []
-    for workload, combo, bs, lr in itertools.product(workloads, combos, batch_axis, lr_axis):
+    for workload, combo, bs, lr, warmup in itertools.product(
+        workloads, combos, batch_axis, lr_axis, warmup_axis
+    ):
         for assignment in options_for(combo):
             for seed in seeds:
                 for repeat in range(repeats):
-                    cells.append(make_cell(workload, combo, assignment, seed, repeat, bs, lr))
+                    cells.append(make_cell(workload, combo, assignment, seed, repeat, bs, lr, warmup))
 
     def selector(entry, field_name) -> dict:
         ck.typed(entry, dict, field_name, "a table")
@@ -211,6 +224,17 @@ def expand(spec: ScenarioSpec) -> Scenario:
     if not cells:
         raise ck.fail("matrix", "no cells: every cell was excluded")
 
+    tuning = spec.tuning
+    if tuning is not None:
+        for tname in tuning.technique_spaces:
+            if tname not in {n for c in cells for n in c.techniques}:
+                raise ck.fail(
+                    f"tuning.search_space.{tname}",
+                    f"technique '{tname}' is in no combination of matrix.techniques",
+                )
+    if tuning is not None and tuning.external:
+        cells = tuning_table.expand(ck, cells, tuning, seeds)
+
     for c in cells:
         cell_view = {**c.view(), "launched": False}
         for tname in c.techniques:
@@ -238,5 +262,11 @@ def expand(spec: ScenarioSpec) -> Scenario:
         baseline = baseline_raw if baseline_raw in variants else label
     cells = [dataclasses.replace(c, baseline=baseline) for c in cells]
     return Scenario(
-        name=name, path=path, text=spec.text, cells=cells, baseline=baseline, description=spec.description
+        name=name,
+        path=path,
+        text=spec.text,
+        cells=cells,
+        baseline=baseline,
+        description=spec.description,
+        ruleset=tuning.ruleset if tuning is not None else "defaults",
     )

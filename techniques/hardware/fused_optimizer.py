@@ -56,6 +56,13 @@ class FusedOptimizer(Technique):
     Config = FusedOptimizerConfig
     provides_optimizer = True
 
+    @classmethod
+    def declared_space(cls, config):
+        """The space of the optimizer it fuses (the `adamw` or the `lion` technique's)."""
+        from benchbed.techniques.base import REGISTRY
+
+        return dict(REGISTRY[config.algorithm].search_space)
+
     def build_optimizer(self, params, ctx):
         c, run = self.config, ctx.run
         step_fn = use_kernel(ctx, self.name, f"{c.algorithm}_step", c.backend)
