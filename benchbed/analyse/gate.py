@@ -14,7 +14,15 @@ never the run id) and gives every cell × metric one verdict:
   not a regression). A ratio over the threshold without significance is "suspicious". The exact
   test cannot reach p < 0.01 with fewer than 5 samples per side (the smallest p with 4 and 4 is
   1/70), so fewer samples give "insufficient_data", which fails only under ``--strict``.
-- ``reached``: a configuration that reached its target before and does not now is a regression.
+- ``reached``: a configuration that reached its target before (more than half of its cells) and
+  does not now is a regression.
+
+Tuning rulesets: both tables first go through ``benchbed.analyse.tuning.ranking_cells``, so a tuned
+configuration is matched by its ``tuning_key`` and its samples are its studies' winning trials. A
+winner is picked by measured time, so its counts are not reproducible seed by seed: tuned
+configurations are judged like a non-deterministic device's. A ``defaults`` configuration never
+matches an ``external`` one (their keys differ); ``ruleset_mismatches`` names the configurations
+that ran under different rulesets on the two sides, so the output can say why they were not compared.
 
 Verdicts: ``ok, regression, suspicious, improvement, insufficient_data, not_measured`` (both sides
 NaN: a metric this machine cannot measure). ``failed`` says whether they fail the gate (any
@@ -36,6 +44,7 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from benchbed.analyse.bootstrap import TO_TARGET_METRICS, median, metric_samples, reached_mask
+from benchbed.analyse.tuning import ranking_cells
 from benchbed.results import store
 
 VERDICTS = ("regression", "insufficient_data", "suspicious", "improvement", "ok", "not_measured")
@@ -82,6 +91,7 @@ COMPARE_COLUMNS = [
     "workload",
     "device",
     "variant",
+    "ruleset",
     "config_key",
     "metric",
     "kind",
@@ -210,8 +220,9 @@ def _reached_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame, determi
     cand_reached = reached_mask(cand_cells)
     base_fraction = float(base_reached.mean()) if len(base_cells) else math.nan
     cand_fraction = float(cand_reached.mean()) if len(cand_cells) else math.nan
-    base_ok = 2 * int(base_reached.sum()) >= len(base_cells) and base_reached.any()
-    cand_ok = 2 * int(cand_reached.sum()) >= len(cand_cells) and cand_reached.any()
+    # more than half reached (half of an even count is not), as in benchbed.analyse.tables
+    base_ok = 2 * int(base_reached.sum()) > len(base_cells)
+    cand_ok = 2 * int(cand_reached.sum()) > len(cand_cells)
     out = {
         "baseline_value": base_fraction,
         "candidate_value": cand_fraction,
@@ -256,7 +267,7 @@ def compare(
     ``loss_rtol=1e-4`` (deterministic tolerances), ``nondeterministic_threshold=0.05``. Keyword
     ``options`` with those names override single fields (``compare(a, b, time_threshold=0.1)``).
 
-    Columns (``COMPARE_COLUMNS``): ``workload, device, variant, config_key, metric, kind``
+    Columns (``COMPARE_COLUMNS``): ``workload, device, variant, ruleset, config_key, metric, kind``
     (``reached | deterministic | noisy``), ``baseline_value, candidate_value`` (medians; for
     ``reached`` the fraction of cells that reached), ``ratio`` (candidate / baseline), ``threshold,
     p_value, n_baseline, n_candidate, verdict, note``. Configurations present on only one side are
@@ -269,6 +280,7 @@ def compare(
     for name, table in (("baseline", baseline_cells), ("candidate", candidate_cells)):
         if "config_key" not in table.columns:
             raise ValueError(f"{name} cells: config_key: column missing")
+    baseline_cells, candidate_cells = ranking_cells(baseline_cells), ranking_cells(candidate_cells)
     common = sorted(set(baseline_cells["config_key"].dropna()) & set(candidate_cells["config_key"].dropna()))
     rows = []
     for config_key in common:
@@ -276,13 +288,16 @@ def compare(
         cand = candidate_cells[candidate_cells["config_key"] == config_key]
         first = cand.iloc[0]
         device = str(first.get("device", ""))
+        ruleset = str(first.get("ruleset", "defaults"))
         label = {
             "workload": first.get("workload"),
             "device": device,
             "variant": first.get("variant", first.get("techniques")),
+            "ruleset": ruleset,
             "config_key": config_key,
         }
-        deterministic = device.split(":")[0] in DETERMINISTIC_DEVICES
+        # a tuned configuration's winners are picked by measured time: not reproducible seed by seed
+        deterministic = device.split(":")[0] in DETERMINISTIC_DEVICES and ruleset != "external"
         counts = {"n_baseline": len(base), "n_candidate": len(cand)}
         rows.append(
             {**label, "metric": "reached", "kind": "reached", "threshold": math.nan, **counts}
@@ -326,10 +341,34 @@ def compare(
 
 
 def unmatched(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> dict[str, list[str]]:
-    """config_keys present on only one side: ``{"baseline_only": [...], "candidate_only": [...]}``."""
-    base = set(baseline_cells["config_key"].dropna())
-    cand = set(candidate_cells["config_key"].dropna())
+    """config_keys (a tuned configuration's: its tuning_key) present on only one side:
+    ``{"baseline_only": [...], "candidate_only": [...]}``."""
+    base = set(ranking_cells(baseline_cells)["config_key"].dropna())
+    cand = set(ranking_cells(candidate_cells)["config_key"].dropna())
     return {"baseline_only": sorted(base - cand), "candidate_only": sorted(cand - base)}
+
+
+def ruleset_mismatches(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> pd.DataFrame:
+    """Configurations (same workload, device and variant) that ran under one ruleset in the baseline
+    and another in the candidate, and so were not compared. Columns: ``workload, device, variant,
+    baseline_ruleset, candidate_ruleset``."""
+    columns = ["workload", "device", "variant", "baseline_ruleset", "candidate_ruleset"]
+    labels = ["workload", "device", "variant"]
+    sides = []
+    for table in (ranking_cells(baseline_cells), ranking_cells(candidate_cells)):
+        if not set(labels) <= set(table.columns):
+            return pd.DataFrame(columns=columns)
+        sides.append(table[labels + ["ruleset"]].drop_duplicates())
+    merged = sides[0].merge(sides[1], on=labels, suffixes=("_baseline", "_candidate"))
+    merged = merged[merged["ruleset_baseline"] != merged["ruleset_candidate"]]
+    # a configuration that also ran under the same ruleset on both sides was compared
+    both = sides[0].merge(sides[1], on=labels + ["ruleset"])[labels].drop_duplicates()
+    merged = merged.merge(both, on=labels, how="left", indicator=True)
+    merged = merged[merged["_merge"] == "left_only"]
+    out = merged.rename(
+        columns={"ruleset_baseline": "baseline_ruleset", "ruleset_candidate": "candidate_ruleset"}
+    )
+    return out[columns].sort_values(labels).reset_index(drop=True)
 
 
 def failed(comparison: pd.DataFrame, *, strict: bool = False) -> bool:
