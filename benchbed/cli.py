@@ -29,7 +29,9 @@ def cmd_run(args) -> int:
 
     path = planning.resolve_scenario_path(args.scenario)
     try:
-        scenario = planning.load(path, device_override=args.device, repeats_override=args.repeat)
+        scenario = planning.load(
+            path, device_override=args.device, repeats_override=args.repeat, ruleset_override=args.ruleset
+        )
     except planning.ScenarioError as exc:
         return _bad_input(str(exc))
     out_dir = Path(args.out or os.path.join("results", scenario.name))
@@ -48,9 +50,16 @@ def cmd_run(args) -> int:
                 if v
             )
             mark = "done" if c.cell_id in skip else "todo"
+            tuned = ""
+            if c.ruleset == "external":
+                values = " ".join(f"{k}={v:g}" for k, v in sorted(c.tuned.items()))
+                tuned = f" ruleset=external study={c.study} trial={c.trial}" + (
+                    f" tuned({values})" if values else ""
+                )
             print(
                 f"  [{mark}] {c.cell_id}  workload={c.workload} techniques={c.techniques_label} seed={c.seed} "
                 f"repeat={c.repeat} batch_size={c.batch_size} lr={c.lr:g} target={c.target_loss:g} budget({budget}) device={c.device}"
+                + tuned
             )
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
@@ -59,7 +68,7 @@ def cmd_run(args) -> int:
     results = store.load(out_dir)
     cells = results.cells
     cells = cells[cells["cell_id"].isin({c.cell_id for c in scenario.cells})]
-    print_ranked_table(cells, f"{scenario.name}: time-to-target ({out_dir})")
+    print_ranked_table(cells, f"{scenario.name}: time-to-target, ruleset {scenario.ruleset} ({out_dir})")
     errors = int((cells["status"] == "error").sum()) if "status" in cells else 0
     if errors:
         print(
@@ -203,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each (configuration, seed) K times (for noisy-metric statistics)",
     )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
+    p.add_argument(
+        "--ruleset",
+        choices=("external", "defaults"),
+        help="override the scenario's tuning ruleset: 'defaults' runs a tuned scenario once per seed at "
+        "paper defaults (results in results/<name>-defaults); see docs/tuning.md",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

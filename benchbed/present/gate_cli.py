@@ -23,6 +23,7 @@ from benchbed.analyse.gate import (
     compare,
     failed,
     load_cells,
+    ruleset_mismatches,
     unmatched,
 )
 from benchbed.present.format import NOT_MEASURED, format_value
@@ -51,8 +52,8 @@ def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = 
         )
     lines += [
         "",
-        "| workload | device | variant | metric | baseline | candidate | ratio | p | verdict | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | device | variant | ruleset | metric | baseline | candidate | ratio | p | verdict | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {verdict: i for i, verdict in enumerate(VERDICTS)}
     ordered = comparison.assign(_order=comparison["verdict"].map(order)).sort_values(
@@ -64,7 +65,7 @@ def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = 
         verdict = f"**{row.verdict}**" if row.verdict in ("regression", "suspicious") else row.verdict
         note = str(row.note).replace("|", "/")
         lines.append(
-            f"| {row.workload} | {row.device} | {row.variant} | {row.metric} | "
+            f"| {row.workload} | {row.device} | {row.variant} | {row.ruleset} | {row.metric} | "
             f"{_format_value(row.baseline_value, row.metric)} | {_format_value(row.candidate_value, row.metric)} | "
             f"{ratio} | {p_value} | {verdict} | {note} |"
         )
@@ -127,7 +128,7 @@ def to_benchmark_action(comparison: pd.DataFrame) -> list[dict]:
             continue
         entries.append(
             {
-                "name": f"{row.workload}/{row.device}/{row.variant} {row.metric}",
+                "name": f"{row.workload}/{row.device}/{row.variant} ({row.ruleset}) {row.metric}",
                 "unit": BENCHMARK_UNITS[row.metric],
                 "value": value,
                 "extra": f"baseline {_format_value(row.baseline_value, row.metric)}; verdict {row.verdict}",
@@ -207,9 +208,16 @@ def run_gate(
             if not (value >= 0 and math.isfinite(value)):
                 raise GateInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
         comparison = compare(baseline_cells, candidate_cells, GateThresholds(**thresholds))
+        mismatched = ruleset_mismatches(baseline_cells, candidate_cells)
         if comparison.empty:
+            why = (
+                f"; {len(mismatched)} ran under a different tuning ruleset on each side "
+                "(defaults and external are never compared)"
+                if len(mismatched)
+                else ""
+            )
             raise GateInputError(
-                f"{candidate_dir}: no cells in common with {baseline_dir} (matched by config_key)"
+                f"{candidate_dir}: no cells in common with {baseline_dir} (matched by config_key){why}"
             )
     except GateInputError as error:
         print(f"{prog}: {error}", file=sys.stderr)
@@ -221,6 +229,7 @@ def run_gate(
             f"\nNot compared: {len(missing['baseline_only'])} configuration(s) only in the baseline, "
             f"{len(missing['candidate_only'])} only in the candidate.\n"
         )
+    markdown += ruleset_note(mismatched)
     if args.markdown:
         Path(args.markdown).write_text(markdown)
     else:
@@ -231,12 +240,31 @@ def run_gate(
             "candidate_dir": str(candidate_dir),
             "thresholds": thresholds,
             "unmatched": missing,
+            "ruleset_mismatches": mismatched.to_dict(orient="records"),
         }
         report = to_json(comparison, strict=args.strict, extra=extra)
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     if args.benchmark_action:
         Path(args.benchmark_action).write_text(json.dumps(to_benchmark_action(comparison), indent=2) + "\n")
     return 1 if failed(comparison, strict=args.strict) else 0
+
+
+def ruleset_note(mismatched: pd.DataFrame) -> str:
+    """Markdown naming the configurations not compared because their tuning rulesets differ."""
+    if mismatched.empty:
+        return ""
+    lines = [
+        "",
+        f"Not compared, tuning rulesets differ ({len(mismatched)}): a `defaults` number is never "
+        "compared with an `external` (tuned) one.",
+        "",
+    ]
+    for row in mismatched.itertuples(index=False):
+        lines.append(
+            f"- {row.workload} | {row.device} | {row.variant}: baseline {row.baseline_ruleset}, "
+            f"candidate {row.candidate_ruleset}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,11 @@
 """The ranked table ``benchbed run`` prints when a scenario is done.
 
-One row per combination in ``benchbed.analyse.tables.leaderboard`` order; every value is written by
-``benchbed.present.format.format_value`` (times in seconds, energy in joules, memory in GiB).
+One row per combination in ``benchbed.analyse.tables.leaderboard`` order, each labelled with the
+tuning ruleset that produced it (``external``: median over studies of each study's best trial;
+``defaults``: median over seeds at paper defaults) and its tuning cost (trials run, and the sums of
+their training time and energy); below the table, the values each study's winning trial was tuned
+to. Every value is written by ``benchbed.present.format`` (times in seconds, energy in joules,
+memory in GiB).
 """
 
 from __future__ import annotations
@@ -11,27 +15,35 @@ from rich.table import Table
 from rich.text import Text
 
 from benchbed.analyse.tables import leaderboard
-from benchbed.present.format import NOT_MEASURED, format_value
+from benchbed.present.format import NOT_MEASURED, format_tuned, format_value
 
 #: heading -> leaderboard column shown under it (None: built from several columns)
 COLUMNS = {
     "rank": None,
     "variant": None,
+    "ruleset": None,
     "reached": None,
     "time to target (s)": "time_to_target_s",
     "tokens to target": "tokens_to_target",
     "energy to target (J)": "energy_to_target_j",
     "peak mem": "peak_mem_bytes",
+    "trials": None,
+    "tuning time (s)": "tuning_cost_s",
+    "tuning energy (J)": "tuning_cost_j",
     "statuses": None,
 }
+
+CAPTION = (
+    "ruleset external: median over studies of each study's best trial (by time to target); "
+    "defaults: median over seeds at paper defaults. A combination reaches only when more than half "
+    "of its studies (seeds) reached; otherwise it ranks last. Tuning time and energy: sums over every "
+    "trial run for the row."
+)
 
 
 def print_ranked_table(cells, title: str) -> None:
     board = leaderboard(cells)
-    table = Table(
-        title=title,
-        caption="median over seeds and repeats; a combination where fewer than half its cells reached ranks last",
-    )
+    table = Table(title=title, caption=CAPTION)
     for heading in COLUMNS:
         left = heading in ("variant", "statuses")
         widest = (
@@ -40,12 +52,23 @@ def print_ranked_table(cells, title: str) -> None:
         table.add_column(heading, justify="left" if left else "right", no_wrap=True, min_width=widest)
     for _, r in board.iterrows():
         # a target never reached is +inf in the leaderboard: a gap there is "not measured"
-        values = [format_value(r.get(c), c, missing=NOT_MEASURED) for c in COLUMNS.values() if c is not None]
+        metrics = ["time_to_target_s", "tokens_to_target", "energy_to_target_j", "peak_mem_bytes"]
+        costs = ["tuning_cost_s", "tuning_cost_j"]
         table.add_row(
             str(r["rank"]),
             Text(str(r["variant"])),  # Text: "[rule=sqrt]" in a variant is not rich markup
+            str(r.get("ruleset") or "defaults"),
             f"{r['n_reached']}/{r['n_cells']}",
-            *values,
+            *(format_value(r.get(c), c, missing=NOT_MEASURED) for c in metrics),
+            format_value(r.get("n_trials"), "n_trials", missing=NOT_MEASURED),
+            *(format_value(r.get(c), c, missing=NOT_MEASURED) for c in costs),
             str(r.get("status_counts", "")),
         )
-    Console(width=max(160, Console().width)).print(table)
+    console = Console(width=max(220, Console().width))
+    console.print(table)
+    tuned = [(r["variant"], format_tuned(r.get("winners_json"))) for _, r in board.iterrows()]
+    tuned = [(variant, text) for variant, text in tuned if text]
+    if tuned:
+        console.print("tuned values of each study's winning trial (ruleset external):")
+        for variant, text in tuned:
+            console.print(Text(f"  {variant}: {text}"))
