@@ -167,7 +167,12 @@ class Cell:
             label += f" bs={self.batch_size}"
         if wl is not None and not math.isclose(self.lr, wl.lr):
             label += f" lr={self.lr:g}"
-        if self.warmup_frac is not None and "warmup_frac" not in self.tuned:
+        if (
+            wl is not None
+            and self.warmup_frac is not None
+            and "warmup_frac" not in self.tuned
+            and not math.isclose(self.warmup_frac, wl.warmup_frac)
+        ):
             label += f" warmup={self.warmup_frac:g}"
         return label
 

@@ -73,8 +73,7 @@ def expand(spec: ScenarioSpec) -> Scenario:
                 f"matrix.{key}",
                 f"unknown axis{suggest(key, known_axes)} (techniques, batch_size, lr, workload, warmup_frac, or TECHNIQUE.OPTION)",
             )
-    if "warmup_frac" in matrix and spec.warmup_frac is not None:
-        raise ck.fail("matrix.warmup_frac", "warmup_frac given both at top level and as a matrix axis")
+
     combos = ck.list_of(
         matrix.get("techniques", [DEFAULT_OPTIMIZER]),
         "matrix.techniques",
@@ -115,7 +114,7 @@ def expand(spec: ScenarioSpec) -> Scenario:
     warmup_axis = (
         ck.list_of(matrix["warmup_frac"], "matrix.warmup_frac", lambda v, f: check_warmup_frac(ck, v, f))
         if "warmup_frac" in matrix
-        else [spec.warmup_frac]
+        else [None]
     )
 
     def options_for(combo) -> list[tuple[dict[str, dict[str, Any]], dict[str, Any]]]:
@@ -140,7 +139,7 @@ def expand(spec: ScenarioSpec) -> Scenario:
             for assignment in itertools.product(*per_tech)
         ]
 
-    def make_cell(workload, combo, assignment, seed, repeat, bs, lr, warmup=spec.warmup_frac) -> Cell:
+    def make_cell(workload, combo, assignment, seed, repeat, bs, lr, warmup=None) -> Cell:
         options, configs = assignment
         wl = WORKLOADS[workload]
         return Cell(

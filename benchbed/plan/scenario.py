@@ -13,7 +13,6 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     stop_at_target = true
     timeout_s = 600                 # per cell
     eval_every_tokens = 129024      # optional; the workload's otherwise
-    warmup_frac = 0.1               # optional: warm-up as a fraction of the budget; the workload's otherwise
 
     [budget]                        # any of tokens / steps / seconds; the workload's otherwise
     tokens = 2_000_000
@@ -27,7 +26,7 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     batch_size = [32, 64]
     lr = [3e-3, 1e-2]
     "lion.lr" = [1e-4, 3e-4]        # a technique option as an axis (cells that use lion)
-    warmup_frac = [0.05, 0.2]       # the run's warm-up fraction as an axis
+    warmup_frac = [0.05, 0.2]       # the run's warm-up fraction of the budget (the workload's otherwise)
 
     [techniques.lion]               # fixed options of a technique
     beta2 = 0.98
@@ -75,7 +74,6 @@ TOP_LEVEL_KEYS = {
     "include",
     "exclude",
     "tuning",
-    "warmup_frac",
 }
 BUDGET_KEYS = {"tokens", "steps", "seconds"}
 DATA_KEYS = {"kind", "path"}
@@ -123,7 +121,6 @@ class ScenarioSpec:
     data: dict[str, Any]
     matrix: dict[str, Any]
     base_dir: str
-    warmup_frac: float | None = None
     tuning: tuning_table.Tuning | None = None  # None: no [tuning] table (the defaults ruleset)
 
     def checker(self) -> _Checker:
@@ -210,9 +207,6 @@ def read(
     eval_every = raw.get("eval_every_tokens")
     if eval_every is not None:
         ck.positive(eval_every, "eval_every_tokens", integer=True)
-    warmup_frac = raw.get("warmup_frac")
-    if warmup_frac is not None:
-        warmup_frac = check_warmup_frac(ck, warmup_frac, "warmup_frac")
 
     if ruleset_override is not None and ruleset_override not in tuning_table.RULESETS:
         raise ck.fail("--ruleset", f"'external' or 'defaults', got {ruleset_override!r}")
@@ -256,7 +250,6 @@ def read(
         data=data,
         matrix=matrix,
         base_dir=os.path.dirname(os.path.abspath(path)),
-        warmup_frac=warmup_frac,
         tuning=tuning,
     )
 

@@ -219,7 +219,7 @@ def cell_space(ck: _Checker, cell: Cell, tuning: Tuning) -> list[tuple[str, str,
         dims += [(name, option, space[option]) for option in sorted(space)]
     for name in sorted(tuning.run_space):
         if name == "warmup_frac" and cell.warmup_frac is not None:
-            raise ck.fail("tuning.search_space.warmup_frac", "also fixed by the scenario (warmup_frac)")
+            raise ck.fail("tuning.search_space.warmup_frac", "also a matrix axis (matrix.warmup_frac)")
         if name == "warmup_frac" and cell.options.get("lr_scaling", {}).get("warmup_frac") is not None:
             raise ck.fail(
                 "tuning.search_space.warmup_frac",
