@@ -98,6 +98,10 @@ def test_the_defaults_ruleset_of_a_tuned_scenario_is_the_scenario_without_tuning
     plain = plan.load(untuned)
     assert defaults.name == "tuned-defaults" and defaults.ruleset == plain.ruleset == "defaults"
     assert [c.config_key for c in defaults.cells] == [c.config_key for c in plain.cells]
+    # without `seeds`, both rulesets run seeds 0 .. studies-1
+    no_seeds = write(tmp_path, TUNED.replace("seeds = [5, 6, 7]\n", ""), name="no-seeds.toml")
+    assert {c.seed for c in plan.load(no_seeds, ruleset_override="defaults").cells} == {0, 1, 2}
+    assert {c.seed for c in plan.load(no_seeds).cells} == {0, 1, 2}
     for c in plain.cells:
         row = c.identity()
         assert (row["ruleset"], row["study"], row["trial"], row["tuned_json"]) == (
@@ -283,6 +287,22 @@ def test_speedups_are_against_a_baseline_of_the_same_ruleset(tmp_path, tuned_cel
     lion = board[(board["variant"] == "lion") & (board["ruleset"] == "external")].iloc[0]
     assert lion["speedup"] == pytest.approx(21.0 / 12.0)
     assert set(board["ruleset"]) == {"external", "defaults"} and len(board) == 4
+
+
+def test_performance_profiles_keep_rulesets_apart(tmp_path, tuned_cells):
+    from benchbed.analyse import profiles
+
+    _, tuned_rows = tuned_cells
+    defaults = plan.load(write(tmp_path, TUNED), ruleset_override="defaults").cells
+    default_rows = synthetic_rows(defaults, lambda c: (100.0, 0.6, 100.0))
+    scores = profiles.benchmark_score(pd.concat([tuned_rows, default_rows], ignore_index=True))
+    assert set(scores["submission"]) == {
+        "adamw (external)",
+        "lion (external)",
+        "adamw (defaults)",
+        "lion (defaults)",
+    }
+    assert scores["submission"].iloc[0] == "lion (external)"
 
 
 # -- the gate -----------------------------------------------------------------------------------------

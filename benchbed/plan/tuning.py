@@ -167,19 +167,18 @@ def read(ck: _Checker, raw: dict, seeds: list[int], seeds_given: bool, repeats: 
     tuning = Tuning(ruleset, trials, studies, technique_spaces, run_space)
     if ruleset_override is not None:
         tuning = dataclasses.replace(tuning, ruleset=ruleset_override)
+    if not seeds_given:
+        seeds = list(range(studies))  # under either ruleset, so both run the same seeds
     if not tuning.external:
         return tuning, seeds
     if repeats > 1:
         raise ck.fail("repeats", "a tuned scenario runs each trial once (its studies are its repeats)")
-    if seeds_given:
-        if len(seeds) != studies:
-            raise ck.fail(
-                "seeds",
-                f"a tuned scenario trains study k with the k-th seed: give {studies} seeds "
-                f"(tuning.studies) or none, got {len(seeds)}",
-            )
-    else:
-        seeds = list(range(studies))
+    if len(seeds) != studies:
+        raise ck.fail(
+            "seeds",
+            f"a tuned scenario trains study k with the k-th seed: give {studies} seeds "
+            f"(tuning.studies) or none, got {len(seeds)}",
+        )
     return tuning, seeds
 
 
