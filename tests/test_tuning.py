@@ -287,6 +287,13 @@ def test_speedups_are_against_a_baseline_of_the_same_ruleset(tmp_path, tuned_cel
     lion = board[(board["variant"] == "lion") & (board["ruleset"] == "external")].iloc[0]
     assert lion["speedup"] == pytest.approx(21.0 / 12.0)
     assert set(board["ruleset"]) == {"external", "defaults"} and len(board) == 4
+    # ranked within each ruleset, tuned first: a tuned row is never ranked against a defaults one
+    assert list(zip(board["ruleset"], board["variant"], board["rank"], strict=True)) == [
+        ("external", "lion", 1),
+        ("external", "adamw", 2),
+        ("defaults", "adamw", 1),
+        ("defaults", "lion", 2),
+    ]
 
 
 def test_performance_profiles_keep_rulesets_apart(tmp_path, tuned_cells):

@@ -48,7 +48,7 @@ from benchbed.analyse.bootstrap import (
     reached_mask,
     seed_is_plain,
 )
-from benchbed.analyse.tuning import cost_sum, is_external, ranking_cells, winners_text
+from benchbed.analyse.tuning import RULESETS, cost_sum, is_external, ranking_cells, winners_text
 
 #: seeds and repeats of one configuration on one workload and device form one combination
 GROUP_KEYS = ["workload", "device", "config_key"]
@@ -439,14 +439,16 @@ def leaderboard(
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """The ranked table: one row per combination, best first within each workload × device.
+    """The ranked table: one row per combination, best first within each workload × device × ruleset.
 
-    Ranks (``rank``, 1 = best) are assigned per ``workload, device`` by the aggregate of ``rank_by``
-    (smaller first, larger first for ``tokens_per_s``). Combinations that did not reach (no more
-    than half of their cells, or studies, reached) rank after all that did, ordered by their median best validation
-    loss; combinations whose ``rank_by`` was not measured (NaN, e.g. energy on a machine without a
-    sensor) rank after the measured ones. ``speedup`` is against the baseline for ``rank_by``
-    (see ``speedups``). Columns: ``LEADERBOARD_COLUMNS``; rows sorted by workload, device, rank.
+    Ranks (``rank``, 1 = best) are assigned per ``workload, device, ruleset`` by the aggregate of
+    ``rank_by`` (smaller first, larger first for ``tokens_per_s``): a tuned configuration is ranked
+    among tuned ones, a defaults one among defaults ones, never across. Combinations that did not
+    reach (no more than half of their cells, or studies, reached) rank after all that did, ordered
+    by their median best validation loss; combinations whose ``rank_by`` was not measured (NaN, e.g.
+    energy on a machine without a sensor) rank after the measured ones. ``speedup`` is against the
+    baseline of the same ruleset for ``rank_by`` (see ``speedups``). Columns:
+    ``LEADERBOARD_COLUMNS``; rows sorted by workload, device, ruleset (external first), rank.
     """
     if rank_by not in METRICS:
         raise ValueError(f"rank_by: expected one of {', '.join(METRICS)}, got {rank_by!r}")
@@ -467,8 +469,13 @@ def leaderboard(
     table["_unmeasured"] = value.isna()
     table["_key"] = (sign * value).fillna(np.inf)
     table["_loss"] = table["best_val_loss"].astype(float).fillna(np.inf)
-    table = table.sort_values(
-        ["workload", "device", "_unreached", "_unmeasured", "_key", "_loss", "variant"], kind="stable"
+    table["ruleset"] = table["ruleset"].fillna("defaults")
+    table["_ruleset"] = (
+        table["ruleset"].map({name: i for i, name in enumerate(RULESETS)}).fillna(len(RULESETS))
     )
-    table["rank"] = table.groupby(["workload", "device"], sort=False).cumcount() + 1
+    table = table.sort_values(
+        ["workload", "device", "_ruleset", "_unreached", "_unmeasured", "_key", "_loss", "variant"],
+        kind="stable",
+    )
+    table["rank"] = table.groupby(["workload", "device", "ruleset"], sort=False).cumcount() + 1
     return table[LEADERBOARD_COLUMNS].reset_index(drop=True)
