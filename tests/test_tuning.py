@@ -377,16 +377,20 @@ def test_the_ranked_table_report_and_display_label_every_row_with_its_ruleset(tm
 def test_the_dashboard_leaderboard_names_the_ruleset(tmp_path, monkeypatch, tuned_cells):
     from test_dashboard import show, start
 
-    _, rows = tuned_cells
+    _, tuned_rows = tuned_cells
+    defaults = plan.load(write(tmp_path, TUNED), ruleset_override="defaults").cells
+    rows = pd.concat([tuned_rows, synthetic_rows(defaults, lambda c: (15.0, 0.6, 30.0))], ignore_index=True)
     directory = tmp_path / "tuned-run"
     directory.mkdir()
     rows.to_parquet(directory / "cells.parquet", index=False)
     (directory / "run.json").write_text(json.dumps({"schema_version": 1, "run_id": "r", "scenario": "tuned"}))
     app = show(start(monkeypatch, directory), "Leaderboard")
     table = app.dataframe[0].value
-    assert list(table["ruleset"]) == ["external", "external"]
+    assert list(table["ruleset"]) == ["external", "external", "defaults", "defaults"]
     assert "tuning time (s)" in table.columns
     assert any("ruleset" in caption.value for caption in app.caption)
+    app.sidebar.multiselect(key="filter_ruleset").set_value(["defaults"]).run()
+    assert list(app.dataframe[0].value["ruleset"]) == ["defaults", "defaults"]
 
 
 # -- end to end -----------------------------------------------------------------------------------------

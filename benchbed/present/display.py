@@ -189,10 +189,15 @@ def filter_cells(
     devices: list[str] | None = None,
     scenarios: list[str] | None = None,
     categories: list[str] | None = None,
+    rulesets: list[str] | None = None,
 ) -> pd.DataFrame:
     """Cells matching every non-empty filter. A technique-category filter keeps a cell when any of its
-    techniques is in a chosen category, and always keeps baseline cells so speedups stay defined."""
+    techniques is in a chosen category, and always keeps baseline cells so speedups stay defined. A
+    ruleset filter treats cells without a ``ruleset`` column as ``defaults``."""
     keep = pd.Series(True, index=cells.index)
+    if rulesets:
+        ruleset = cells["ruleset"].fillna("defaults") if "ruleset" in cells else "defaults"
+        keep &= pd.Series(ruleset, index=cells.index).isin(rulesets)
     for column, chosen in (("workload", workloads), ("device", devices), ("scenario", scenarios)):
         if chosen and column in cells:
             keep &= cells[column].isin(chosen)
