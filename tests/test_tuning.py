@@ -393,6 +393,30 @@ def test_the_dashboard_leaderboard_names_the_ruleset(tmp_path, monkeypatch, tune
     assert list(app.dataframe[0].value["ruleset"]) == ["defaults", "defaults"]
 
 
+def test_the_side_by_side_script_prints_both_rulesets(tmp_path, tuned_cells, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    _, tuned_rows = tuned_cells
+    defaults = plan.load(write(tmp_path, TUNED), ruleset_override="defaults").cells
+    default_rows = synthetic_rows(defaults, lambda c: (15.0 if c.variant == "adamw" else None, 0.6, 30.0))
+    for name, frame in (("ext", tuned_rows), ("def", default_rows)):
+        (tmp_path / name).mkdir()
+        frame.to_parquet(tmp_path / name / "cells.parquet", index=False)
+        (tmp_path / name / "run.json").write_text(json.dumps({"schema_version": 1, "run_id": name}))
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_rulesets.py"
+    spec = importlib.util.spec_from_file_location("compare_rulesets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path / "ext"), str(tmp_path / "def")]) == 0
+    out = capsys.readouterr().out
+    lion = next(line for line in out.splitlines() if line.startswith("│ lion"))
+    # tuned: rank 1, 2 of 3 studies at 12 s, 9 trials costing 471 s; defaults: rank 2, not reached
+    assert [part.strip() for part in lion.split("│")[1:-1]] == [
+        "lion", "1", "2/3", "12", "12,000", "9", "471", "2", "0/3", "not reached", "not reached",
+    ]  # fmt: skip
+
+
 # -- end to end -----------------------------------------------------------------------------------------
 
 
