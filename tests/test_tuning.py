@@ -256,6 +256,25 @@ def test_each_study_is_its_best_trial_and_the_row_the_median_over_studies(tuned_
     assert picked == {str(s): lion_cells[(s, t)].tuned for s, t in ((0, 1), (1, 0), (2, 1))}
 
 
+def test_winners_at_the_end_of_their_range_are_pointed_out(tuned_cells, capsys):
+    cells, rows = tuned_cells
+    assert tuning.edge_winners(rows).empty  # lion's winners: positions 0.67, 0.31, 0.47 of its range
+    # every lion study won by its largest learning rate, 1e-2 at the top of log[1e-4, 1e-2]
+    lion_top = rows.assign(
+        tuned_json=np.where(rows["variant"] == "lion", '{"lion.lr": 0.0095}', rows["tuned_json"])
+    )
+    edges = tuning.edge_winners(lion_top)
+    assert list(zip(edges["variant"], edges["dimension"], edges["side"], strict=True)) == [
+        ("lion", "lion.lr", "high")
+    ]
+    print_ranked_table(lion_top, "title")
+    assert "note: lion (lm-tiny, cpu): the studies' winning lion.lr" in capsys.readouterr().out
+    low = rows.assign(
+        tuned_json=np.where(rows["variant"] == "lion", '{"lion.lr": 0.00011}', rows["tuned_json"])
+    )
+    assert list(tuning.edge_winners(low)["side"]) == ["low"]
+
+
 def test_a_tuned_configuration_reaching_in_half_its_studies_has_not_reached(tuned_cells):
     _, rows = tuned_cells
     two_studies = rows[rows["study"] < 2].copy()

@@ -23,6 +23,8 @@ has ``tuning_cost_s`` unchanged, so calling it twice is harmless.
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -34,6 +36,10 @@ RULESETS = ("external", "defaults")
 COST_COLUMNS = ["n_trials", "tuning_cost_s", "tuning_cost_j"]
 #: a tuned configuration's study
 STUDY_KEYS = ["workload", "device", "tuning_key", "study"]
+#: a winner this close to an end of its range (a fraction of the range, on its scale) is at the edge
+EDGE_FRACTION = 0.1
+#: ``Dimension.describe()`` as written into a trial's config: "log[0.3, 30]"
+_RANGE = re.compile(r"^(log|linear)\[([^,\]]+), ([^\]]+)\]$")
 
 
 def _numeric(cells: pd.DataFrame, column: str) -> np.ndarray:
@@ -102,6 +108,50 @@ def winners_text(rows: pd.DataFrame) -> str:
     if not picked:
         return ""
     return json.dumps(dict(sorted(picked.items(), key=lambda kv: (len(kv[0]), kv[0]))), sort_keys=False)
+
+
+def _position(value: float, text: str) -> float:
+    """Where `value` lies in the range `text` ("log[0.3, 30]"), 0 = low end, 1 = high end; NaN if
+    the text is not a range."""
+    match = _RANGE.match(text)
+    if not match:
+        return math.nan
+    scale, low, high = match.group(1), float(match.group(2)), float(match.group(3))
+    if scale == "log":
+        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+    return (value - low) / (high - low)
+
+
+def edge_winners(cells: pd.DataFrame) -> pd.DataFrame:
+    """Tuned dimensions whose studies' winners sit at an end of the search range: the median winner
+    within ``EDGE_FRACTION`` of the range (on its scale) of the low or the high end. The best value
+    may lie outside the range, so the configuration's number may understate it. Columns:
+    ``workload, device, variant, dimension, range, winners, side`` (``low`` or ``high``), ``note``
+    (one sentence for a person)."""
+    columns = ["workload", "device", "variant", "dimension", "range", "winners", "side", "note"]
+    rows = ranking_cells(cells)
+    rows = rows[is_external(rows)]
+    if rows.empty or "config_json" not in rows.columns or "tuned_json" not in rows.columns:
+        return pd.DataFrame(columns=columns)
+    found = []
+    for (workload, device, _), group in rows.groupby(["workload", "device", "config_key"], sort=True):
+        space = json.loads(group["config_json"].iloc[0]).get("tuning", {}).get("space", {})
+        tuned = [json.loads(t) for t in group["tuned_json"] if isinstance(t, str)]
+        for name, text in sorted(space.items()):
+            values = [t[name] for t in tuned if name in t]
+            if not values:
+                continue
+            where = float(np.median([_position(v, text) for v in values]))
+            side = "low" if where <= EDGE_FRACTION else "high" if where >= 1 - EDGE_FRACTION else None
+            if side:
+                winners = ", ".join(f"{v:.4g}" for v in values)
+                variant = group["variant"].iloc[0]
+                note = (
+                    f"{variant} ({workload}, {device}): the studies' winning {name} ({winners}) sit at the "
+                    f"{side} end of the range {text}; the best value may lie outside it"
+                )
+                found.append([workload, device, variant, name, text, winners, side, note])
+    return pd.DataFrame(found, columns=columns)
 
 
 def cost_sum(values: np.ndarray) -> float:

@@ -229,6 +229,12 @@ def ruleset_mismatches(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFra
     return gate.ruleset_mismatches(baseline_cells, candidate_cells)
 
 
+def edge_notes(cells: pd.DataFrame) -> list[str]:
+    """One sentence per tuned dimension whose studies' winners sit at an end of its search range
+    (`benchbed.analyse.tuning.edge_winners`): the range may have been too narrow."""
+    return list(tuning.edge_winners(cells)["note"])
+
+
 def with_ruleset_labels(table: pd.DataFrame) -> pd.DataFrame:
     """`table` with ``variant`` written "lion (external)" when it holds more than one ruleset, so
     figures never draw a tuned and a defaults configuration as one."""

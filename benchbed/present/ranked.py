@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from benchbed.analyse.tables import leaderboard
+from benchbed.analyse.tuning import edge_winners
 from benchbed.present.format import NOT_MEASURED, format_tuned, format_value
 
 #: heading -> leaderboard column shown under it (None: built from several columns)
@@ -72,3 +73,5 @@ def print_ranked_table(cells, title: str) -> None:
         console.print("tuned values of each study's winning trial (ruleset external):")
         for variant, text in tuned:
             console.print(Text(f"  {variant}: {text}"))
+    for note in edge_winners(cells)["note"]:
+        console.print(Text(f"note: {note}"))

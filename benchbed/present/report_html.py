@@ -20,6 +20,7 @@ from benchbed.present import figures
 from benchbed.present.display import (
     cell_labels,
     display_table,
+    edge_notes,
     gate_compare,
     leaderboard,
     leaderboard_display,
@@ -137,6 +138,8 @@ def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, li
     if len(cells):
         page.heading("Leaderboard")
         page.note(RULESET_NOTE)
+        for note in edge_notes(cells):
+            page.note(f"Search range: {note}.")
         time_board = _leaderboard_sections(page, cells)
         if time_board is not None:
             time_board = with_ruleset_labels(time_board)

@@ -52,6 +52,8 @@ def render(ctx: ViewContext) -> None:
     )
     table = cached_leaderboard_table(ctx.dirs, ctx.stamp, ctx.filters, rank_by)
     st.dataframe(table, hide_index=True, key="leaderboard_table")
+    for note in display.edge_notes(cells):
+        st.warning(f"Search range: {note}.")
     for metric, (label, _) in figures.METRICS.items():
         why = figures.not_measured_reason(cells, metric)
         if metric != rank_by and why and why.startswith("not measured"):
