@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
+    from benchbed.run.lock import Locked
+    from benchbed.run.runner import ResultsWriteError, UnusableOutDir
+    from benchbed.text import printable
+
     args = build_parser().parse_args(argv)
     try:
         if args.pairs < 1:
@@ -173,9 +177,12 @@ def cli_main(argv: list[str] | None = None) -> int:
         baseline_dir, candidate_dir = run_ab(
             scenario, args.baseline_src, args.candidate_src, args.out, pairs=args.pairs
         )
-    except ABInputError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
+    except (ABInputError, Locked, UnusableOutDir) as error:
+        print(f"{PROG}: {printable(str(error))}", file=sys.stderr)
         return 2
+    except ResultsWriteError as error:
+        print(f"{PROG}: {printable(str(error))}; run the same command again to resume", file=sys.stderr)
+        return 1
     return gate_cli.run_gate(args, baseline_dir, candidate_dir, prog=PROG)
 
 

@@ -1,4 +1,8 @@
-"""The `benchbed` command: verbs and argument parsing. Exit codes: 0 ok, 1 failure or regression, 2 bad input.
+"""The `benchbed` command: verbs and argument parsing.
+
+Exit codes: 0 ok; 1 a failure (a cell that ended error, timeout, oom or killed; results that could
+not be written) or a regression; 2 bad input (refused before anything runs or is written, one line
+naming the file and field); 130 interrupted by Ctrl-C (143 by SIGTERM), finished cells kept.
 
 What the verbs print lives in ``benchbed.present``: the ranked table ``run`` prints
 (``present.ranked``), and ``gate`` and ``report``, which get the rest of the command line."""
@@ -13,32 +17,80 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: what `benchbed run --rank-by` accepts (benchbed.analyse.tables.METRICS, kept import-free here)
+RANK_BY = (
+    "time_to_target_s", "tokens_to_target", "energy_to_target_j", "peak_mem_bytes", "tokens_per_s",
+    "saved_activation_bytes", "optimizer_state_bytes", "grad_bytes", "param_bytes",
+)  # fmt: skip
+
+
+def _say(message: str) -> None:
+    from benchbed.text import printable
+
+    print(f"benchbed: {printable(message)}", file=sys.stderr)
 
 
 def _bad_input(message: str) -> int:
-    print(f"benchbed: {message}", file=sys.stderr)
+    _say(message)
     return EXIT_BAD_INPUT
+
+
+def _check_threads_env() -> str | None:
+    value = os.environ.get("BENCHBED_THREADS")
+    if value and not (value.isascii() and value.isdigit() and 0 < int(value) <= 4096):
+        return f"BENCHBED_THREADS: expected a whole number of threads from 1 to 4096, got {value!r}"
+    return None
 
 
 def cmd_run(args) -> int:
     from benchbed import plan as planning
+    from benchbed.measure.carbon import CarbonError, grid_intensity
     from benchbed.present.ranked import print_ranked_table
     from benchbed.results import store
-    from benchbed.run.runner import plan, run_scenario
+    from benchbed.results.schema import FAILED_STATUSES
+    from benchbed.run import shards
+    from benchbed.run.lock import Locked
+    from benchbed.run.runner import (
+        Interrupted,
+        ResultsWriteError,
+        UnusableOutDir,
+        interrupt_on_sigterm,
+        plan,
+        run_scenario,
+        select,
+    )
 
+    problem = _check_threads_env()
+    if problem:
+        return _bad_input(problem)
+    if args.max_cells is not None and args.max_cells < 1:
+        return _bad_input(f"--max-cells: must be at least 1, got {args.max_cells}")
     path = planning.resolve_scenario_path(args.scenario)
     try:
         scenario = planning.load(
-            path, device_override=args.device, repeats_override=args.repeat, ruleset_override=args.ruleset
+            path,
+            device_override=args.device,
+            repeats_override=args.repeat,
+            max_cells=args.max_cells,
+            ruleset_override=args.ruleset,
         )
-    except planning.ScenarioError as exc:
+        grid_intensity()  # a bad BENCHBED_GRID_INTENSITY fails here, not in every cell
+        shard = shards.parse_shard(args.shard) if args.shard else None
+    except (planning.ScenarioError, CarbonError, shards.ShardError) as exc:
         return _bad_input(str(exc))
-    out_dir = Path(args.out or os.path.join("results", scenario.name))
+    if args.backend != "ray" and (args.address or args.cpu_cells_per_node != 1 or args.num_cpus):
+        return _bad_input("--address, --cpu-cells-per-node and --num-cpus need --backend ray")
+    if args.cpu_cells_per_node < 1 or (args.num_cpus is not None and not args.num_cpus > 0):
+        return _bad_input("--cpu-cells-per-node and --num-cpus must be positive")
+    if shard is not None:
+        scenario = shards.select(scenario, *shard)
+    out_dir = Path(args.out or os.path.join("results", planning.slug(scenario.name)))
     if args.dry_run:
         todo, done = plan(scenario, out_dir, only=args.only, retry_failed=args.retry_failed)
         skip = {c.cell_id for c in done}
-        print(f"{scenario.name}: {len(todo) + len(done)} cell(s) -> {out_dir} ({len(done)} already done)")
+        label = f"{scenario.name} (shard {args.shard.strip()})" if shard is not None else scenario.name
+        print(f"{label}: {len(todo) + len(done)} cell(s) -> {out_dir} ({len(done)} already done)")
         for c in todo + done:
             budget = ", ".join(
                 f"{k}={v}"
@@ -64,16 +116,72 @@ def cmd_run(args) -> int:
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
         return _bad_input(f"{out_dir}: --out: exists and is not a directory")
-    run_scenario(scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet)
-    results = store.load(out_dir)
+
+    def kept() -> str:
+        n = len(store.read_parts(out_dir)) if out_dir.is_dir() else 0
+        return f"{n} finished cell(s) are kept in {out_dir}; run the same command again to resume"
+
+    extra = {"shard": args.shard.strip()} if shard is not None else {}
+    lost = []
+    try:
+        with interrupt_on_sigterm():
+            if args.backend == "ray":
+                try:
+                    import ray  # noqa: F401
+
+                    from benchbed.run.ray_backend import RayConnectError, run_scenario_ray
+                except ImportError:
+                    return _bad_input("--backend ray: Ray is not installed (pip install 'benchbed[ray]')")
+                try:
+                    lost = run_scenario_ray(
+                        scenario, out_dir, address=args.address, only=args.only, retry_failed=args.retry_failed,
+                        cpu_cells_per_node=args.cpu_cells_per_node, num_cpus=args.num_cpus,
+                        progress=not args.quiet, extra_meta=extra,
+                    ).lost  # fmt: skip
+                except RayConnectError as exc:
+                    return _bad_input(str(exc))
+            else:
+                run_scenario(
+                    scenario, out_dir, only=args.only, retry_failed=args.retry_failed, progress=not args.quiet
+                )
+                if extra:
+                    store.atomic_write_json(
+                        out_dir / store.RUN_JSON, {**store.read_run_json(out_dir), **extra}
+                    )
+    except (Locked, UnusableOutDir) as exc:
+        return _bad_input(str(exc))
+    except ResultsWriteError as exc:
+        _say(f"{exc}; {kept()}")
+        return EXIT_FAIL
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else 2
+        _say(
+            f"interrupted ({'Ctrl-C' if signum == 2 else 'SIGTERM'}): the running cell was stopped; {kept()}"
+        )
+        return 128 + signum
+    if not scenario.cells:  # an empty shard: its directory exists (merge accepts it), nothing ran
+        _say(f"{scenario.name} (shard {args.shard.strip()}): no cell hashes to this shard")
+        return EXIT_OK
+    try:
+        results = store.load(out_dir)
+    except store.StoreError as exc:
+        _say(str(exc))
+        return EXIT_FAIL
     cells = results.cells
-    cells = cells[cells["cell_id"].isin({c.cell_id for c in scenario.cells})]
-    print_ranked_table(cells, f"{scenario.name}: time-to-target, ruleset {scenario.ruleset} ({out_dir})")
-    errors = int((cells["status"] == "error").sum()) if "status" in cells else 0
-    if errors:
-        print(
-            f"benchbed: {errors} cell(s) ended in error; see the 'error' column of {out_dir / store.CELLS}",
-            file=sys.stderr,
+    cells = cells[cells["cell_id"].isin({c.cell_id for c in select(scenario.cells, args.only)})]
+    ranking = "time-to-target" if args.rank_by == "time_to_target_s" else f"ranked by {args.rank_by}"
+    print_ranked_table(
+        cells, f"{scenario.name}: {ranking}, ruleset {scenario.ruleset} ({out_dir})", rank_by=args.rank_by
+    )
+    if lost:
+        _say(f"{len(lost)} cell(s) lost with their Ray worker; run again to resume")
+        return EXIT_FAIL
+    failed = cells[cells["status"].isin(FAILED_STATUSES)] if "status" in cells else cells.iloc[:0]
+    if len(failed):
+        counts = ", ".join(f"{n} {status}" for status, n in failed["status"].value_counts().items())
+        _say(
+            f"{len(failed)} of {len(cells)} cell(s) produced no measurement ({counts}); see the 'status' "
+            f"and 'error' columns of {out_dir / store.CELLS}; --retry-failed runs them again"
         )
         return EXIT_FAIL
     return EXIT_OK
@@ -176,6 +284,13 @@ DELEGATED = {
     "gate": ("benchbed.present.gate_cli", "compare two results directories; exit 1 on a regression"),
     "report": ("benchbed.present.report_html", "write a self-contained HTML report of results directories"),
     "kernels": ("benchbed.kernels.cli", "kernel sweep (bench), compile report (report), list"),
+    "merge": ("benchbed.present.merge_cli", "merge results directories (shards, Ray runs) into one"),
+    "history": (
+        "benchbed.present.history_cli",
+        "each configuration's metrics across runs, by commit and time",
+    ),
+    "export": ("benchbed.present.export.cli", "export results to MLflow, TensorBoard or W&B (offline)"),
+    "profile": ("benchbed.present.profile_cli", "record a profiler trace of cells, outside the timed run"),
     "ab": ("benchbed.ab", "same-machine A/B: baseline and candidate source trees, interleaved"),
 }
 
@@ -203,7 +318,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
     p.add_argument(
-        "--retry-failed", action="store_true", help="re-run cells that ended in oom, error or timeout"
+        "--retry-failed",
+        action="store_true",
+        help="re-run cells that ended in oom, error, timeout or killed (killed ones run again anyway)",
+    )
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        metavar="N",
+        help="allow a matrix of more than 10,000 cells (refused without this: usually a typo)",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N (0 <= I < N; by a hash of the cell id; docs/scaling.md)",
+    )
+    p.add_argument(
+        "--backend", choices=("local", "ray"), default="local", help="where cells run (default local)"
+    )
+    p.add_argument("--address", help="--backend ray: the cluster's address (default: a new local cluster)")
+    p.add_argument(
+        "--cpu-cells-per-node", type=int, default=1, metavar="K",
+        help="--backend ray: CPU cells run at once per node (default 1: co-running cells skew time and RAPL)",
+    )  # fmt: skip
+    p.add_argument("--num-cpus", type=float, metavar="N", help="--backend ray: CPUs reserved per cell")
+    p.add_argument(
+        "--rank-by",
+        default="time_to_target_s",
+        choices=list(RANK_BY),
+        help="metric the printed table ranks by (default: time_to_target_s; memory: saved_activation_bytes, "
+        "optimizer_state_bytes, grad_bytes, param_bytes)",
     )
     p.add_argument(
         "--repeat",
@@ -255,16 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:
-        module = importlib.import_module(DELEGATED[argv[0]][0])
-        return int(module.cli_main(argv[1:]) or 0)
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        if argv and argv[0] in DELEGATED:
+            module = importlib.import_module(DELEGATED[argv[0]][0])
+            return int(module.cli_main(argv[1:]) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `benchbed run --dry-run | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt as exc:  # before anything was written (loading, importing)
+        signum = getattr(exc, "signum", 2)
+        _say(f"interrupted ({'Ctrl-C' if signum == 2 else 'SIGTERM'})")
+        return 128 + signum
 
 
 if __name__ == "__main__":

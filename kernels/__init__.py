@@ -6,9 +6,12 @@ tensors live on a CUDA device (pass ``device=``), and the PyTorch reference ever
 tests and small checks only). Each op lives in one module beside its reference:
 
 - flash_attention.py -- FlashAttention-2 forward/backward (Dao 2023)
+- block_sparse_attention.py -- the same over a block mask (local, global, strided, random blocks)
 - cross_entropy.py   -- fused softmax+NLL, and the variant fused with the output projection
 - norms.py           -- fused RMSNorm / LayerNorm forward and backward
+- quantized_linear.py -- fp8 and int8 linear layers on one scaled Triton matmul
 - optimizer_steps.py -- fused AdamW and Lion steps over flat buffers
+- cuda_lion.py       -- the Lion step in CUDA C++ (load_inline), backend "cuda" of lion_step
 """
 
 from __future__ import annotations
@@ -18,10 +21,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchbed.kernels import cross_entropy, flash_attention, norms, optimizer_steps
+from benchbed.kernels import (
+    block_sparse_attention,
+    cross_entropy,
+    cuda_lion,
+    flash_attention,
+    norms,
+    optimizer_steps,
+    quantized_linear,
+)
 from benchbed.kernels._triton import HAS_TRITON, AotConfig, TritonUnavailable
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "cuda")  # cuda: CUDA C++ extensions (lion_step)
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,7 @@ def cuda_available() -> bool:
 
 
 def resolve_backend(backend: str = "auto", device: torch.device | str | None = None) -> str:
-    """The concrete backend ('reference' or 'triton') that ``get`` would use."""
+    """The concrete backend ('reference', 'triton' or 'cuda') that ``get`` would use."""
     if backend not in BACKENDS:
         raise ValueError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
     if backend != "auto":
@@ -94,13 +105,17 @@ def describe_kernels() -> list[dict]:
 
 
 def aot_configs(arch: int = 90) -> list[AotConfig]:
-    """Every Triton kernel at every configuration it launches with on ``arch`` (for AOT compiles)."""
-    return [
+    """Every Triton kernel at every configuration it launches with on ``arch`` (for AOT compiles),
+    each under both divisibility-hint sets the runtime may compile it with (``AotConfig.variants``)."""
+    configs = [
         *flash_attention.aot_configs(arch),
+        *block_sparse_attention.aot_configs(arch),
         *cross_entropy.aot_configs(),
         *norms.aot_configs(),
         *optimizer_steps.aot_configs(),
+        *quantized_linear.aot_configs(),
     ]
+    return [variant for config in configs for variant in config.variants()]
 
 
 def _triton_backends(fn: Callable) -> dict[str, Callable]:
@@ -113,6 +128,15 @@ register(
         flash_attention.attention_reference,
         _triton_backends(flash_attention.flash_attention_triton),
         description="FlashAttention-2 fwd/bwd, q,k,v [B,H,T,D], D in 16/32/64/128, causal or full",
+    )
+)
+register(
+    KernelOp(
+        "block_sparse_attention",
+        block_sparse_attention.block_sparse_attention_reference,
+        _triton_backends(block_sparse_attention.block_sparse_attention_triton),
+        description="FlashAttention-2 over a block mask (window, global, strided, random blocks); "
+        "reference: masked SDPA",
     )
 )
 register(
@@ -160,9 +184,29 @@ register(
     KernelOp(
         "lion_step",
         optimizer_steps.lion_step_reference,
-        _triton_backends(optimizer_steps.lion_step_triton),
+        {**_triton_backends(optimizer_steps.lion_step_triton), "cuda": cuda_lion.lion_step_cuda},
         dtypes=("params fp32/bf16/fp16, states fp32",),
-        description="one fused Lion launch over flat buffers (Chen et al. 2023)",
+        description="one fused Lion launch over flat buffers (Chen et al. 2023); cuda: CUDA C++ via load_inline",
+    )
+)
+
+register(
+    KernelOp(
+        "fp8_linear",
+        quantized_linear.fp8_linear_reference,
+        _triton_backends(quantized_linear.fp8_linear_triton),
+        dtypes=("inputs fp32/bf16; e4m3 fwd, e5m2 or bf16 grads",),
+        devices=("cuda sm_89+", "cpu (interpreter)"),
+        description="x W^T + b with fp8 operands, dynamic per-tensor or per-row scales (reference emulates)",
+    )
+)
+register(
+    KernelOp(
+        "int8_linear",
+        quantized_linear.int8_linear_reference,
+        _triton_backends(quantized_linear.int8_linear_triton),
+        dtypes=("inputs fp32/bf16; int8 fwd and dX, 16/32-bit dW",),
+        description="x W^T + b in int8: per-token x, per-channel W, int32 accumulation (SwitchBack)",
     )
 )
 

@@ -124,10 +124,30 @@ class AotConfig:
     constexprs: dict[str, Any] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 3
+    #: which integer arguments carry Triton's divisibility-by-16 hint: "pointers" (what the runtime
+    #: compiles for torch allocations with odd sizes) or "all" (sizes and strides multiples of 16 too)
+    hints: str = "pointers"
+    archs: tuple[int, ...] | None = None  # None: every arch; else only these (fp8 needs sm_89+)
 
     @property
     def kernel_name(self) -> str:
         return python_function(self.kernel).__name__
+
+    def attrs(self) -> dict[tuple[int, ...], list]:
+        """``ASTSource`` attributes: the divisibility hints Triton's launcher adds at run time for a
+        16-byte aligned pointer (always, for torch allocations) and an integer that is a multiple of 16."""
+        hinted = ("*",) if self.hints == "pointers" else ("*", "i32", "i64")
+        return {
+            (i,): [["tt.divisibility", 16]]
+            for i, kind in enumerate(self.signature.values())
+            if kind.startswith(hinted)
+        }
+
+    def variants(self) -> list[AotConfig]:
+        """This configuration under both hint sets the runtime can compile it with."""
+        import dataclasses
+
+        return [dataclasses.replace(self, hints=h) for h in ("pointers", "all")]
 
 
 def signature_of(kernel, types: dict[str, str], constexprs: dict[str, Any]) -> dict[str, str]:

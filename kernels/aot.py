@@ -30,6 +30,7 @@ class CompileResult:
     op: str
     kernel: str
     config: str
+    hints: str
     arch: int
     num_warps: int
     num_stages: int
@@ -44,6 +45,14 @@ class CompileResult:
     @property
     def fits_shared(self) -> bool:
         return self.shared_bytes <= SHARED_LIMIT_BYTES.get(self.arch, SHARED_LIMIT_BYTES[80])
+
+    @property
+    def spills(self) -> bool:
+        """Stack or local (spill) bytes, or resource usage that could not be read (counted as a spill:
+        an unread report must not pass for a clean one)."""
+        if self.stack_bytes is None or self.local_bytes is None:
+            return True
+        return self.stack_bytes > 0 or self.local_bytes > 0
 
 
 def _interpreting() -> bool:
@@ -77,7 +86,7 @@ def compile_config(config: AotConfig, arch: int) -> CompileResult:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(compilable(config.kernel), config.signature, config.constexprs)
+    source = ASTSource(compilable(config.kernel), config.signature, config.constexprs, config.attrs())
     compiled = triton.compile(
         source,
         target=GPUTarget("cuda", arch, 32),
@@ -92,6 +101,7 @@ def compile_config(config: AotConfig, arch: int) -> CompileResult:
         op=config.op,
         kernel=config.kernel_name,
         config=config.label,
+        hints=config.hints,
         arch=arch,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
@@ -119,9 +129,17 @@ def compile_all(
     ``jobs`` processes (each compile is single-threaded; spawn, not fork, because torch is loaded)."""
     from benchbed.kernels import aot_configs
 
+    per_arch = {arch: aot_configs(arch) for arch in archs}
     chosen = list(range(len(aot_configs()))) if indices is None else list(indices)
-    tasks = [(i, arch) for arch in archs for i in chosen]  # the same index is the same kernel on every arch
+    # the same index is the same kernel on every arch; a configuration limited to some archs
+    # (fp8 dots need sm_89+) is compiled only for those
+    tasks = [
+        (i, arch)
+        for arch in archs
+        for i in chosen
+        if per_arch[arch][i].archs is None or arch in per_arch[arch][i].archs
+    ]
     if jobs <= 1:
-        return [compile_config(aot_configs(arch)[i], arch) for i, arch in tasks]
+        return [compile_config(per_arch[arch][i], arch) for i, arch in tasks]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_compile_indexed, tasks))

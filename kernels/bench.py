@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from benchbed import kernels
-from benchbed.kernels import flash_attention
+from benchbed.kernels import block_sparse_attention, flash_attention, quantized_linear
 
 NAN = float("nan")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,6 +83,103 @@ def _attention_cases(device: torch.device) -> list[Case]:
                             size,
                         )
                     )
+    return cases
+
+
+def _block_sparse_cases(device: torch.device) -> list[Case]:
+    """Time against density: one shape, causal, sliding windows of growing width (plus one global
+    block); the dense flash_attention kernel and SDPA at the same shape are the density-1 rows."""
+    if device.type == "cuda":
+        (b, h, t, d), block, windows, dtypes = (2, 16, 4096, 64), 64, (0, 1, 3, 7, 15), ("bf16",)
+    else:
+        (b, h, t, d), block, windows, dtypes = (1, 2, 256, 32), 32, (0, 2), ("fp32",)
+    cases = []
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        for window in windows:
+            pattern = block_sparse_attention.SparsityPattern(block=block, window=window, global_blocks=1)
+            dens = block_sparse_attention.density(t, pattern)
+            for backend in ("reference", "triton"):
+                fn = kernels.get("block_sparse_attention", backend)
+                for mode in ("fwd", "fwd+bwd"):
+
+                    def setup(fn=fn, mode=mode, pattern=pattern, dtype=dtype):
+                        q, k, v = (
+                            torch.randn(b, h, t, d, device=device, dtype=dtype, requires_grad=mode != "fwd")
+                            for _ in range(3)
+                        )
+                        grad = torch.randn(b, h, t, d, device=device, dtype=dtype)
+                        call = lambda: fn(q, k, v, True, pattern)
+                        return call if mode == "fwd" else (lambda: call().backward(grad))
+
+                    # useful FLOPs only: the allowed pairs (density x the causal triangle)
+                    flops = 4.0 * b * h * t * t * d * 0.5 * dens * (1.0 if mode == "fwd" else 3.5)
+                    shape = f"B={b} H={h} T={t} D={d} block={block} window={window} density={dens:.3f}"
+                    size = "small" if t <= 512 else "large"
+                    cases.append(
+                        Case(
+                            "block_sparse_attention",
+                            backend,
+                            shape,
+                            dtype_name,
+                            mode,
+                            setup,
+                            flops,
+                            NAN,
+                            size,
+                        )
+                    )
+    return cases
+
+
+def _torchao_float8(k: int, n: int, device, dtype):
+    """torchao's float8 training linear (rowwise recipe, eager: no torch.compile) as fn(x, w, b)."""
+    from torch import nn
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    model = nn.Sequential(nn.Linear(k, n, bias=False, device=device, dtype=dtype))
+    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name("rowwise"))
+    return lambda x, w, b: model(x)
+
+
+def _linear_cases(device: torch.device) -> list[Case]:
+    """fp8 / int8 linear layers against the same layer in bf16 (torch.matmul through F.linear) and,
+    where importable, torchao's float8 training; TFLOP/s counts 2MNK per matmul."""
+    if device.type == "cuda":
+        shapes, dtype_name = [(8192, 4096, 4096), (8192, 768, 3072)], "bf16"
+    else:
+        shapes, dtype_name = [(256, 128, 256)], "fp32"
+    dtype = DTYPES[dtype_name]
+    backends: dict[str, Callable] = {
+        "torch": lambda x, w, b: F.linear(x, w, b),
+        "fp8-reference": quantized_linear.fp8_linear_reference,
+        "int8-reference": quantized_linear.int8_linear_reference,
+        "fp8-triton": quantized_linear.fp8_linear_triton,
+        "int8-triton": quantized_linear.int8_linear_triton,
+    }
+    if device.type == "cuda" and quantized_linear.torchao_float8_available():
+        backends["torchao-float8"] = None  # built per shape
+    cases = []
+    for m, k, n in shapes:
+        for backend, fn in backends.items():
+            op = "int8_linear" if backend.startswith("int8") else "fp8_linear"
+            for mode in ("fwd", "fwd+bwd"):
+
+                def setup(fn=fn, backend=backend, mode=mode, m=m, k=k, n=n):
+                    grad = mode != "fwd"
+                    x = torch.randn(m, k, device=device, dtype=dtype, requires_grad=grad)
+                    w = (torch.randn(n, k, device=device, dtype=dtype) / math.sqrt(k)).requires_grad_(grad)
+                    g = torch.randn(m, n, device=device, dtype=dtype)
+                    call_fn = _torchao_float8(k, n, device, dtype) if backend == "torchao-float8" else fn
+                    call = lambda: call_fn(x, w, None)
+                    return call if mode == "fwd" else (lambda: call().backward(g))
+
+                flops = 2.0 * m * n * k * (1.0 if mode == "fwd" else 3.0)
+                # the triton backends run through the bench's interpreter switch on the CPU
+                kind = "triton" if backend.endswith("triton") else backend
+                size = "small" if m * k <= 1 << 16 else "large"
+                cases.append(Case(op, kind if kind == "triton" else backend, f"M={m} K={k} N={n} {backend}",
+                                  dtype_name, mode, setup, flops, NAN, size))  # fmt: skip
     return cases
 
 
@@ -233,6 +330,8 @@ def _optimizer_cases(device: torch.device) -> list[Case]:
 def all_cases(device: torch.device) -> list[Case]:
     return [
         *_attention_cases(device),
+        *_block_sparse_cases(device),
+        *_linear_cases(device),
         *_cross_entropy_cases(device),
         *_norm_cases(device),
         *_optimizer_cases(device),

@@ -5,7 +5,8 @@
   without CUDA it runs the small shapes with the reference (and the PyTorch baselines), Triton only
   under the interpreter and only with --interpreter, and says so.
 - report: compiles every kernel configuration ahead of time for sm_90 and sm_80 (no GPU needed)
-  and prints registers, shared memory, stack/spill bytes and whether the PTX uses wgmma.
+  and prints registers, shared memory, stack/spill bytes and whether the PTX uses wgmma; exit 1 when
+  a configuration spills or overflows shared memory.
 """
 
 from __future__ import annotations
@@ -144,10 +145,10 @@ def cmd_report(args) -> int:
         }
         for r in results
     ]
-    columns = ["op", "kernel", "config", "arch", "num_warps", "num_stages", "registers", "shared_bytes",
+    columns = ["op", "kernel", "config", "hints", "arch", "num_warps", "num_stages", "registers", "shared_bytes",
                "spill", "local_bytes", "wgmma", "fits_shared"]  # fmt: skip
     print(_table(rows, columns))
-    spilled = [r for r in results if r.stack_bytes]
+    spilled = [r for r in results if r.spills]
     too_big = [r for r in results if not r.fits_shared]
     print(
         f"\n{len(results)} compiles ({', '.join(ARCH_NAMES[a] for a in archs)}); "
@@ -156,7 +157,10 @@ def cmd_report(args) -> int:
     )
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
-    return 1 if too_big else 0
+    for r in spilled:
+        print(f"spill: {r.kernel} [{r.config}, hints={r.hints}] sm_{r.arch}: stack {r.stack_bytes}, "
+              f"local {r.local_bytes} bytes", file=sys.stderr)  # fmt: skip
+    return 1 if too_big or spilled else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

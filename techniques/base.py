@@ -4,22 +4,32 @@ Lifecycle, applied in this order by the train loop (techniques compose by this o
 knowing each other):
 
     validate(cell) -> configure(run) -> build_model(model, ctx) -> build_optimizer(params, ctx)
-    -> per step: select_batch(batch, ctx) -> train_step(ctx, batch, step, inner) -> after_step(ctx)
+    -> per step: select_batch(batch, ctx) -> train_step(ctx, batch, step, inner)
+                 [inside the step, before clipping: on_gradients(ctx)] -> after_step(ctx)
 
 A technique that wraps the model (parallel wrappers) sets ``wraps_model = True`` so it is applied
 after every other ``build_model``. Every hook runs inside the training clock where it is called
-per step, so a technique is charged for all of its own work.
+per step, so a technique is charged for all of its own work, the first step's included (the
+excluded warm-up step is the same for every cell and runs no technique hook).
+
+Fairness duties: a technique that changes the batch (per-process batch, process count, a pool it
+selects from) does it in `configure` through ``run.change_batch(...)``, naming the learning-rate
+rule it applies; work that is not the model's forward and backward of the step runs under
+``ctx.extra_work()`` (rematerialisation under ``ctx.recompute()``), so FLOPs counted on the step
+split into model and hardware FLOPs (see ``benchbed.measure.flops``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchbed.techniques.search_space import Dimension
+from benchbed.workloads import WORKLOADS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -34,6 +44,9 @@ CATEGORIES = (
     "compute/sparse",
     "compute/large_batch",
     "compute/incremental",
+    "compute/overparameterization",
+    "compute/fine_tuning",
+    "compute/rlhf",
     "data/token_masking",
     "data/importance_sampling",
     "memory/precision",
@@ -73,6 +86,21 @@ class TechniqueError(ValueError):
     """A technique's config or combination is invalid; the message names the field."""
 
 
+def require_family(technique: Technique, cell: dict) -> None:
+    """Refuse, in one line, a workload whose model family the technique does not know how to edit
+    (``technique.families``; empty = any model). Techniques that edit a model call this first in
+    `validate`."""
+    families = technique.families
+    if not families:
+        return
+    workload = WORKLOADS.get(cell.get("workload", ""))
+    if workload is not None and workload.family not in families:
+        raise TechniqueError(
+            f"techniques.{technique.name}: edits {' or '.join(families)} models; workload "
+            f"'{workload.name}' is a {workload.family or 'unnamed'} model"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class NoOptions:
     """Config of a technique that takes no options."""
@@ -90,6 +118,11 @@ class Technique:
     conflicts: ClassVar[tuple[str, ...]] = ()  # names this technique refuses to share a cell with
     #: option -> range the `external` ruleset tunes (docs/tuning.md); empty: nothing to tune
     search_space: ClassVar[dict[str, Dimension]] = {}
+    # the step's FLOPs vary at random from step to step (layer drop): the FLOP counter samples more steps
+    stochastic_flops: ClassVar[bool] = False
+    # model families (Workload.family) whose seams the technique edits; empty = any model. validate()
+    # refuses the others through require_family.
+    families: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -106,7 +139,8 @@ class Technique:
         is launched as) and launched (False when the scenario is checked, True inside the cell)."""
 
     def configure(self, run: RunSettings) -> None:
-        """Adjust run settings: precision, batch size, learning rate, process count."""
+        """Adjust run settings: precision, batch size, learning rate, process count. A batch change
+        goes through ``run.change_batch(self.name, ..., lr_rule=...)``; any other is refused."""
 
     def build_model(self, model: torch.nn.Module, ctx: TrainContext) -> torch.nn.Module:
         return model
@@ -124,6 +158,10 @@ class Technique:
 
         Returning a tensor, not a float, keeps the step free of a host sync on a GPU."""
         return inner(batch)
+
+    def on_gradients(self, ctx: TrainContext) -> None:
+        """Edit the step's gradients before clipping (fp16: after unscaling), e.g. zero the pruned
+        weights' gradients so clipping and the optimizer see only the trained weights."""
 
     def after_step(self, ctx: TrainContext) -> None:
         """Schedules that act between steps (growth, layer drop, pruning)."""
@@ -159,6 +197,9 @@ def build_config(cls: type[Technique], options: dict[str, Any], where: str) -> A
         if allowed and not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             names = " or ".join(t.__name__ for t in allowed if t is not type(None))
             raise TechniqueError(f"{where}.{key}: expected {names}, got {type(value).__name__} ({value!r})")
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise TechniqueError(f"{where}.{key}: must be a finite number, got {item!r}")
         values[key] = value
     try:
         config = cls.Config(**values)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -55,3 +57,22 @@ def tiny_scenario(tmp_path):
         return str(path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def three_cell_reference(tmp_path_factory):
+    """A 3-cell scenario (lm-tiny, 12 steps, seeds 0-2) and one local run of it: the reference that
+    sharded, merged and Ray runs must reproduce (same cell ids, same deterministic metrics)."""
+    root = tmp_path_factory.mktemp("reference")
+    path = root / "three.toml"
+    path.write_text(
+        'name = "three"\nworkload = "lm-tiny"\ndevice = "cpu"\nseeds = [0, 1, 2]\ntarget_loss = 3.2\n'
+        "eval_every_tokens = 8064\nstop_at_target = false\ntimeout_s = 240\n[budget]\nsteps = 12\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "benchbed.cli", "run", str(path), "--out", str(root / "whole"), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return path, root / "whole"

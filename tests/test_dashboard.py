@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from benchbed.present import display
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
-VIEWS = ("Leaderboard", "Curves", "Pareto", "Telemetry", "Compare", "Kernels")
+VIEWS = ("Leaderboard", "Curves", "Pareto", "Telemetry", "Profiles", "Compare", "History", "Kernels")
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,31 @@ def test_bad_directories_show_their_errors_and_the_rest_is_still_shown(monkeypat
     # the good runs are still there: two runs in the sidebar, their cells in the leaderboard
     assert "2 run(s)" in app.sidebar.caption[0].value
     assert len(app.dataframe) == 0 or len(app.dataframe[0].value) > 0
+
+
+def test_tables_missing_columns_or_an_odd_run_json_are_one_error_each(monkeypatch, runs, tmp_path):
+    import pandas as pd
+
+    no_variant = tmp_path / "no-variant"
+    shutil.copytree(runs["a"], no_variant)
+    pd.read_parquet(no_variant / "cells.parquet").drop(columns=["variant"]).to_parquet(
+        no_variant / "cells.parquet"
+    )
+    no_val_loss = tmp_path / "no-val-loss"
+    shutil.copytree(runs["a"], no_val_loss)
+    pd.read_parquet(no_val_loss / "curves.parquet").drop(columns=["val_loss"]).to_parquet(
+        no_val_loss / "curves.parquet"
+    )
+    listed = tmp_path / "run-json-list"
+    shutil.copytree(runs["a"], listed)
+    (listed / "run.json").write_text("[1, 2]")
+    app = start(monkeypatch, no_variant, runs["b"], no_val_loss, listed)
+    errors = [e.value for e in app.error]
+    assert len(errors) == 3, errors
+    assert any(f"{no_variant / 'cells.parquet'}: column variant missing" in e for e in errors)
+    assert any(f"{no_val_loss / 'curves.parquet'}: column val_loss missing" in e for e in errors)
+    assert any(f"{listed / 'run.json'}: expected a JSON object, got list" in e for e in errors)
+    assert "1 run(s)" in app.sidebar.caption[0].value  # the good run is still shown
 
 
 def test_energy_without_a_sensor_reads_not_measured(monkeypatch, runs):

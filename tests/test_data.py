@@ -90,5 +90,5 @@ def test_text_source_is_bytes_with_a_fixed_split(tmp_path):
     x, y = next(src.train_batches(2, 16, seed=0))
     assert x.max() < 256 and torch.equal(x[:, 1:], y[:, :-1])
     assert src.fingerprint() == TextFileSource(str(tmp_path / "a.txt")).fingerprint()
-    with pytest.raises(DataError, match="no text file found"):
+    with pytest.raises(DataError, match="matches no file; no text file to read"):
         TextFileSource(str(tmp_path / "missing*.txt"))

@@ -262,3 +262,98 @@ def test_cli_strict_fails_on_insufficient_data(tmp_path):
     assert gate_cli.cli_main([str(base), str(cand), "--markdown", str(tmp_path / "m.md")]) == 0
     assert "insufficient_data" in (tmp_path / "m.md").read_text()
     assert gate_cli.cli_main([str(base), str(cand), "--strict", "--markdown", str(tmp_path / "m.md")]) == 1
+
+
+# -- failing closed ------------------------------------------------------------------------------
+
+
+def budget_capped(**kw) -> pd.DataFrame:
+    """Every cell used its whole budget without reaching the target (a budget-capped baseline)."""
+    cells = make_cells(**kw)
+    cells["status"] = "budget_exhausted"
+    for column in ("time_to_target_s", "tokens_to_target", "steps_to_target"):
+        cells[column] = math.nan
+    cells["final_val_loss"] = 1.2 + 0.001 * cells["seed"]
+    return cells
+
+
+def crashed(cells: pd.DataFrame, status: str = "error", where=None) -> pd.DataFrame:
+    """The same cells, but (where) they produced no measurement: every metric NaN, as a failure row."""
+    cells = cells.copy()
+    where = slice(None) if where is None else where
+    cells.loc[where, "status"] = status
+    metrics = [c for c in cells.columns if c.endswith(("_s", "_j", "_bytes", "_target", "_loss"))]
+    cells.loc[where, metrics] = math.nan
+    return cells
+
+
+@pytest.mark.parametrize("status", ["error", "timeout", "oom", "killed"])
+def test_an_all_crashed_candidate_fails_against_a_budget_capped_baseline(status):
+    base = budget_capped(rng_seed=1)
+    cand = crashed(budget_capped(rng_seed=2), status)
+    comparison = gate.compare(base, cand)
+    result = verdicts(comparison)
+    assert gate.failed(comparison)
+    assert result["cells"] == "regression"
+    assert f"{status} 5" in comparison.set_index("metric").loc["cells", "note"]
+    # every metric the baseline measured is a regression, not "not measured"
+    # (a budget-capped baseline measured "did not reach": +inf time and tokens to target)
+    for metric in (
+        "final_val_loss",
+        "tokens_per_s",
+        "peak_mem_bytes",
+        "time_to_target_s",
+        "tokens_to_target",
+    ):
+        assert result[metric] == "regression", metric
+    assert result["energy_to_target_j"] == "not_measured"  # neither side has a sensor
+    assert result["reached"] == "ok"  # 0% -> 0%: the rows above are what fail it
+
+
+def test_one_crashed_seed_fails_the_gate_even_when_the_rest_reach():
+    base = make_cells(rng_seed=1)
+    cand = crashed(make_cells(rng_seed=2), "timeout", make_cells()["seed"] == 3)
+    comparison = gate.compare(base, cand).set_index("metric")
+    assert comparison.loc["cells", "verdict"] == "regression"
+    assert "seed/repeat 3/0" in comparison.loc["cells", "note"]
+    assert comparison.loc["final_val_loss", "verdict"] == "regression"  # seed 3 lost
+
+
+def test_cells_that_failed_on_both_sides_are_insufficient_data():
+    base = crashed(make_cells(rng_seed=1), "oom", make_cells()["seed"] == 0)
+    cand = crashed(make_cells(rng_seed=2), "oom", make_cells()["seed"] == 0)
+    comparison = gate.compare(base, cand)
+    assert verdicts(comparison)["cells"] == "insufficient_data"
+    assert not gate.failed(comparison) and gate.failed(comparison, strict=True)
+    fixed = gate.compare(base, make_cells(rng_seed=2))
+    assert verdicts(fixed)["cells"] == "improvement"
+
+
+def test_a_configuration_missing_from_the_candidate_fails_unless_allowed():
+    base = make_cells(variants=("adamw", "lion"))
+    cand = make_cells(variants=("adamw",), rng_seed=1)
+    comparison = gate.compare(base, cand)
+    missing = comparison[comparison["config_key"] == "key-lion"]
+    assert list(missing["verdict"]) == ["regression"] and gate.failed(comparison)
+    allowed = gate.compare(base, cand, allow_missing=True)
+    assert not gate.failed(allowed)
+
+
+def test_different_thread_counts_are_not_held_to_bitwise_equality():
+    base = make_cells(rng_seed=1).assign(threads=1)
+    cand = make_cells(rng_seed=2).assign(threads=2)
+    cand["final_val_loss"] += 1e-3  # what a different reduction order does to a CPU curve
+    comparison = gate.compare(base, cand).set_index("metric")
+    assert comparison.loc["final_val_loss", "kind"] == "noisy"
+    assert comparison.loc["final_val_loss", "verdict"] == "ok"
+    assert "thread counts differ ([1] vs [2])" in comparison.loc["final_val_loss", "note"]
+    same = gate.compare(base, cand.assign(threads=1)).set_index("metric")
+    assert same.loc["final_val_loss", "verdict"] == "regression"  # same threads: bitwise rule
+
+
+def test_cli_fails_an_all_crashed_candidate(tmp_path, capsys):
+    base = write_results(tmp_path / "base", budget_capped(rng_seed=1))
+    cand = write_results(tmp_path / "cand", crashed(budget_capped(rng_seed=2)))
+    assert gate_cli.cli_main([str(base), str(cand)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("### benchbed gate: FAIL") and "| cells | " in out and "**regression**" in out

@@ -24,12 +24,15 @@ default_loss = WORKLOADS["lm-tiny"].loss  # the language-model loss the fused ke
 def test_registry_lists_every_op_with_reference_and_triton():
     expected = {
         "flash_attention",
+        "block_sparse_attention",
         "cross_entropy",
         "linear_cross_entropy",
         "rms_norm",
         "layer_norm",
         "adamw_step",
         "lion_step",
+        "fp8_linear",
+        "int8_linear",
     }
     assert set(kernels.REGISTRY) == expected
     for name, op in kernels.REGISTRY.items():
@@ -50,7 +53,9 @@ def test_auto_picks_reference_without_cuda(monkeypatch):
 def test_get_refuses_unknown_op_and_backend():
     with pytest.raises(KeyError, match="unknown kernel op 'softmax'"):
         kernels.get("softmax")
-    with pytest.raises(ValueError, match="backend 'cuda'"):
+    with pytest.raises(ValueError, match="backend 'tpu'"):
+        kernels.get("rms_norm", "tpu")
+    with pytest.raises(KeyError, match="no backend 'cuda'"):
         kernels.get("rms_norm", "cuda")
 
 
@@ -69,11 +74,15 @@ def test_every_kernel_has_aot_configurations():
         "_attn_fwd_kernel",
         "_attn_bwd_dkdv_kernel",
         "_attn_bwd_dq_kernel",
+        "_bsa_fwd_kernel",
+        "_bsa_bwd_dkdv_kernel",
+        "_bsa_bwd_dq_kernel",
         "_cross_entropy_kernel",
         "_norm_fwd_kernel",
         "_norm_bwd_kernel",
         "_adamw_kernel",
         "_lion_kernel",
+        "_scaled_mm_kernel",
     }
     for config in kernels.aot_configs():
         assert list(config.signature)  # every argument typed, constexprs included
@@ -189,10 +198,19 @@ def technique(name: str, **options):
     return cls(build_config(cls, options, f"techniques.{name}"))
 
 
-@pytest.mark.parametrize("name", ["flash_attention", "fused_norm", "fused_cross_entropy", "fused_optimizer"])
+HARDWARE = [
+    "flash_attention",
+    "fused_norm",
+    "fused_cross_entropy",
+    "fused_optimizer",
+    "block_sparse_attention",
+]
+
+
+@pytest.mark.parametrize("name", HARDWARE)
 def test_techniques_registered_with_paper_and_category(name):
     cls = TECHNIQUES[name]
-    assert cls.category in ("hardware/kernels", "hardware/efficient_attention") and cls.paper
+    assert cls.category.startswith("hardware/") and cls.paper
     with pytest.raises(TechniqueError, match="backend"):
         build_config(cls, {"backend": "cuda"}, f"techniques.{name}")
 
@@ -205,6 +223,107 @@ def test_flash_attention_technique_swaps_attn_fn_and_records_reference():
     assert all(b.attn.attn_fn is flash_attention.attention_reference for b in model.blocks)
     assert ctx.run.extra["kernel_backend.flash_attention"] == "reference"
     torch.testing.assert_close(model(batch.inputs), before, rtol=1e-5, atol=1e-5)
+
+
+def test_block_sparse_technique_swaps_attn_fn_records_density_and_masks():
+    from benchbed.kernels import block_sparse_attention
+
+    batch = tiny_batch()
+    dense_model = tiny_model()
+    dense = dense_model(batch.inputs)
+    # a window covering every block: the same function as dense causal attention
+    ctx, model = make_ctx(), tiny_model()
+    technique("block_sparse_attention", block=16, window=8, random_blocks=0).build_model(model, ctx)
+    attn = model.blocks[0].attn.attn_fn
+    assert attn.func is block_sparse_attention.block_sparse_attention_reference
+    assert ctx.run.extra["kernel_backend.block_sparse_attention"] == "reference"
+    assert ctx.run.extra["block_sparse.density"] == 1.0
+    torch.testing.assert_close(model(batch.inputs), dense, rtol=1e-5, atol=1e-5)
+    # 16-token blocks, own block only: a different function
+    ctx, model = make_ctx(), tiny_model()
+    technique("block_sparse_attention", block=16, window=0, global_blocks=0, random_blocks=0).build_model(
+        model, ctx
+    )
+    assert ctx.run.extra["block_sparse.density"] < 0.5
+    assert not torch.allclose(model(batch.inputs), dense, atol=1e-3)
+    with pytest.raises(TechniqueError, match="block"):
+        build_config(TECHNIQUES["block_sparse_attention"], {"block": 24}, "techniques.block_sparse_attention")
+
+
+@pytest.mark.parametrize("name", ["fp8_linear", "int8_linear"])
+def test_low_precision_linear_refused_on_cpu_unless_reference(name):
+    cell = {"device": "cpu", "launched": False}
+    with pytest.raises(TechniqueError, match='backend = "reference"'):
+        technique(name).validate(cell)
+    technique(name, backend="reference").validate(cell)
+    technique(name).validate({"device": "cuda", "launched": False})  # no GPU here: no capability check
+
+
+@pytest.mark.parametrize("name,options", [("fp8_linear", {"scaling": "tensor"}), ("fp8_linear", {}),
+                                          ("int8_linear", {})])  # fmt: skip
+def test_low_precision_linear_swaps_block_linears_keeping_parameters(name, options):
+    ctx, model = make_ctx(), tiny_model()
+    batch = tiny_batch()
+    params = dict(model.named_parameters())
+    dense = model(batch.inputs)
+    technique(name, backend="reference", **options).build_model(model, ctx)
+    assert ctx.run.extra[f"{name}.layers"] == 8  # qkv, proj, fc, mlp.proj in each of 2 blocks
+    assert type(model.blocks[0].attn.qkv).__name__ == "KernelLinear"
+    assert isinstance(model.lm_head, torch.nn.Linear)  # the tied head stays
+    after = dict(model.named_parameters())
+    assert after.keys() == params.keys() and all(after[k] is params[k] for k in after)
+    out = model(batch.inputs)
+    err = (out - dense).abs().max().item()
+    assert 0 < err < 0.05 * dense.abs().max().item()  # quantised, but the same function within 5%
+    default_loss(model, batch).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_emulated_fp8_is_within_its_rounding_of_exact():
+    """Forward error of a dot product whose operands each carry a relative error <= u:
+    |err| <= 2u (|x| |W|^T) (to first order), u = 2^-4 for e4m3, computed here in float64."""
+    from benchbed.kernels import quantized_linear
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(17, 40, generator=gen, dtype=torch.float64)
+    w = torch.randn(23, 40, generator=gen, dtype=torch.float64)
+    for scaling in ("row", "tensor"):
+        y = quantized_linear.fp8_linear_reference(x, w, None, scaling, acc=torch.float64)
+        bound = 2.1 * 2**-4 * (x.abs() @ w.abs().t()) + 1e-3  # + subnormal flushes far below the amax
+        assert ((y - x @ w.t()).abs() <= bound).all(), scaling
+    y8 = quantized_linear.int8_linear_reference(x, w, None, acc=torch.float64)
+    step = x.abs().amax(1, keepdim=True) / 254 * w.abs().sum(1) + x.abs().sum(1, keepdim=True) * (
+        w.abs().amax(1) / 254
+    )
+    assert ((y8 - x @ w.t()).abs() <= 1.01 * step).all()
+
+
+def test_semi_structured_sparsity_refused_without_a_gpu_and_masks_gradients():
+    from benchbed.techniques.hardware import semi_structured_sparsity as sss
+
+    with pytest.raises(TechniqueError, match="sm_80") as info:
+        technique("semi_structured_sparsity").validate({"device": "cpu", "launched": False})
+    assert "\n" not in str(info.value)  # one line at scenario load
+    w = torch.tensor([[0.1, -3.0, 2.0, 0.5, 1.0, 0.9, -1.5, 0.2]])
+    assert sss.mask_2_4(w).tolist() == [[False, True, True, False, True, False, True, False]]
+    # the module on the CPU with a dense stand-in for the compressed weight
+    ctx, model = make_ctx(), tiny_model()
+    batch = tiny_batch()
+    original = sss.SemiStructuredLinear.__init__
+
+    def dense_stand_in(self, source, compress=None):
+        original(self, source, compress=lambda weight: weight)
+
+    sss.SemiStructuredLinear.__init__ = dense_stand_in
+    try:
+        technique("semi_structured_sparsity").build_model(model, ctx)
+    finally:
+        sss.SemiStructuredLinear.__init__ = original
+    layer = model.blocks[0].mlp.fc
+    assert ctx.run.extra["semi_structured.layers"] == 8
+    assert (layer.weight.detach().reshape(-1, 4) != 0).sum(1).le(2).all()
+    default_loss(model, batch).backward()
+    assert (layer.weight.grad[~layer.mask] == 0).all() and layer.weight.grad[layer.mask].abs().sum() > 0
 
 
 def test_triton_backend_on_cpu_is_refused_not_silently_interpreted():
@@ -245,7 +364,7 @@ def test_fused_cross_entropy_loss_and_grads_equal_default_loss(weights):
 
 
 def test_fused_optimizer_adamw_matches_torch_adamw_with_decay_groups():
-    from benchbed.techniques.compute.adamw import decay_groups
+    from benchbed.techniques.compute._optim import decay_groups
 
     ctx = make_ctx()
     # no biases: the key bias gets a gradient of pure rounding noise (softmax ignores it), which Adam
@@ -282,6 +401,53 @@ def test_fused_optimizer_lion_follows_the_paper_update():
     for p, p0, g in zip(params, before, grads, strict=True):
         # first step, zero momentum: update = sign((1 - beta1) * g) = sign(g)
         torch.testing.assert_close(p.detach(), p0 - 0.01 * torch.sign(g), rtol=0, atol=1e-7)
+
+
+def test_lion_cuda_backend_is_registered_and_says_why_it_cannot_build():
+    from benchbed.kernels import cuda_lion
+
+    assert kernels.get("lion_step", "cuda") is cuda_lion.lion_step_cuda
+    assert "CUDA C++" in kernels.REGISTRY["lion_step"].description
+    ok, why = cuda_lion.cuda_extension_status()
+    if ok:
+        pytest.skip(f"nvcc and CUDA are here ({why}): the gpu test builds the extension")
+    assert why  # e.g. "torch ... is not a CUDA build", "nvcc not found"
+    with pytest.raises(cuda_lion.CudaExtensionUnavailable, match="backend 'cuda'"):
+        cuda_lion.lion_step_cuda(torch.zeros(3), torch.zeros(3), torch.zeros(3), 0.1, (0.9, 0.99), 0.0)
+    for options, match in (
+        ({"backend": "cuda"}, "lion"),
+        ({"backend": "cuda", "algorithm": "adamw"}, "lion"),
+    ):
+        with pytest.raises(TechniqueError, match=match):
+            build_config(TECHNIQUES["fused_optimizer"], options, "techniques.fused_optimizer")
+    lion_cuda = technique("fused_optimizer", algorithm="lion", backend="cuda")
+    with pytest.raises(TechniqueError, match="needs a CUDA device"):
+        lion_cuda.validate({"device": "cpu", "launched": False})
+    with pytest.raises(TechniqueError, match="cannot be built here"):
+        lion_cuda.validate({"device": "cuda", "launched": True})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lion_cuda_extension_matches_reference_gpu(dtype):
+    from benchbed.kernels import cuda_lion
+
+    ok, why = cuda_lion.cuda_extension_status()
+    if not ok:
+        pytest.skip(f"CUDA C++ extension not buildable: {why}")
+    gen = torch.Generator().manual_seed(4)
+    n = 1_000_003
+    p = torch.randn(n, generator=gen).to("cuda", dtype)
+    m = torch.randn(n, generator=gen).cuda() * 0.1
+    for _ in range(3):
+        g = torch.randn(n, generator=gen).to("cuda", dtype)
+        p64, m64 = p.double(), m.double()
+        cuda_lion.lion_step_cuda(p, g, m, 1e-3, (0.9, 0.99), 0.1)
+        optimizer_steps.lion_step_reference(p64, g.double(), m64, 1e-3, (0.9, 0.99), 0.1)
+        torch.testing.assert_close(m.double(), m64, rtol=1e-6, atol=1e-7)
+        tol = 1e-6 if dtype == torch.float32 else 2**-8
+        torch.testing.assert_close(p.double(), p64, rtol=tol, atol=tol)
 
 
 def test_fused_optimizer_config_is_validated():
@@ -356,7 +522,9 @@ def test_kernels_bench_cli_bad_input(tmp_path, capsys):
 
 
 # -- the train loop with every hardware technique on the CPU -------------------------------------
-def _train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> tuple[dict, TrainContext]:
+def _train_lm_tiny(
+    names: list[str], steps: int, device: str = "cpu", options: dict | None = None
+) -> tuple[dict, TrainContext]:
     from benchbed.measure.telemetry import Telemetry
     from benchbed.worker.assemble import build
     from benchbed.worker.loop import train
@@ -368,9 +536,15 @@ def _train_lm_tiny(names: list[str], steps: int, device: str = "cpu") -> tuple[d
         budget_tokens=None, budget_steps=steps, budget_seconds=None, eval_every_tokens=10**9, target_loss=0.0,
         stop_at_target=False,
     )  # fmt: skip
-    techniques = [TECHNIQUES[n](build_config(TECHNIQUES[n], {}, f"techniques.{n}")) for n in names]
+    options = options or {}
+    techniques = [
+        TECHNIQUES[n](build_config(TECHNIQUES[n], options.get(n, {}), f"techniques.{n}")) for n in names
+    ]
     if not any(t.provides_optimizer for t in techniques):
         techniques.append(TECHNIQUES["adamw"]())
+    for t in techniques:
+        t.validate({"device": device, "launched": True})
+        t.configure(run)
     ctx = TrainContext(run, w, techniques)
     build(ctx)
     return train(ctx, w.make_data(), Telemetry(run.device, "test")), ctx
@@ -412,3 +586,37 @@ def test_fused_optimizer_state_dict_round_trip_continues_identically():
         opt.step()
     for p, q in zip(model_a.parameters(), model_b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+# lm-tiny has 63 tokens: 16-token blocks give the block-sparse pattern something to skip
+NEW_HARDWARE_OPTIONS = {"block_sparse_attention": {"block": 16, "global_blocks": 1, "random_blocks": 1}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("names", [["block_sparse_attention"], ["fp8_linear"], ["int8_linear"]])
+def test_new_hardware_techniques_train_on_cpu_with_references(names):
+    options = {
+        **NEW_HARDWARE_OPTIONS,
+        "fp8_linear": {"backend": "reference"},
+        "int8_linear": {"backend": "reference"},
+    }
+    result, ctx = _train_lm_tiny(names, steps=12, options=options)
+    first, last = result["curves"][0]["val_loss"], result["curves"][-1]["val_loss"]
+    assert math.isfinite(last) and last < first - 0.3, (first, last)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "names",
+    [["block_sparse_attention"], ["fp8_linear"], ["int8_linear"], ["semi_structured_sparsity"],
+     ["bf16_autocast", "fp8_linear"], ["flash_attention", "fused_norm", "fused_cross_entropy"]],
+)  # fmt: skip
+def test_hardware_techniques_train_on_cuda(names):
+    if "fp8_linear" in names and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89+")
+    result, ctx = _train_lm_tiny(names, steps=20, device="cuda", options=NEW_HARDWARE_OPTIONS)
+    first, last = result["curves"][0]["val_loss"], result["curves"][-1]["val_loss"]
+    assert math.isfinite(last) and last < first - 0.3, (first, last)
+    backends = {k: v for k, v in ctx.run.extra.items() if k.startswith("kernel_backend.")}
+    assert all(v == "triton" for v in backends.values()), backends

@@ -12,6 +12,7 @@ from benchbed.models.gpt import GPT, GPTConfig
 from benchbed.techniques import REGISTRY, build_config
 from benchbed.techniques.compute.lamb import LAMBOptimizer
 from benchbed.techniques.compute.lars import LARSOptimizer
+from benchbed.techniques.compute.lion import LION_LR_RATIO
 from benchbed.techniques.compute.sam import sam_perturbation
 from benchbed.worker.context import RunSettings, TrainContext, default_step
 from benchbed.workloads import Batch
@@ -96,7 +97,8 @@ def test_lars_trust_ratio_and_momentum_match_algorithm_1():
     ratio = eta * w0.norm() / (g.norm() + beta * w0.norm())
     v = lr * ratio * (g + beta * w0)
     assert torch.allclose(w.detach(), w0 - v)
-    assert torch.allclose(b.detach(), b0 - lr * b.grad)  # dim < 2: no trust ratio, no decay
+    # dim < 2: no trust ratio, no decay, and the run's lr (0.01), not the large global rate
+    assert torch.allclose(b.detach(), b0 - 0.01 * b.grad)
     w1 = w.detach().clone()
     g2 = torch.tensor([[0.3, -0.1], [0.0, 0.2]], dtype=D)
     w.grad = g2
@@ -244,3 +246,45 @@ def test_sam_step_updates_theta_with_the_clipped_gradient_of_the_perturbed_point
 
 def test_sam_is_not_an_optimizer():
     assert not REGISTRY["sam"].provides_optimizer
+
+
+# -- learning rates fixed by hand (LARS's excluded tensors, one Lion ratio) --------------------------
+def make(name, **options):
+    return REGISTRY[name](build_config(REGISTRY[name], options, f"techniques.{name}"))
+
+
+def test_lars_gives_excluded_tensors_the_run_lr_and_matrices_the_large_rate():
+    w = torch.nn.Parameter(torch.full((2, 2), 2.0))
+    b = torch.nn.Parameter(torch.ones(3))
+    opt = make("lars", weight_decay=0.0, momentum=0.9).build_optimizer(
+        [w, b], FakeCtx(run_settings(weight_decay=0.0))
+    )
+    matrices, vectors = opt.param_groups
+    assert matrices["adapt"] and matrices["lr"] == pytest.approx(300 * 0.01)
+    assert not vectors["adapt"] and vectors["lr"] == pytest.approx(0.01)  # was 3.0: 300x the run's lr
+    w.grad = torch.full((2, 2), 0.5)
+    b.grad = torch.tensor([1.0, -2.0, 0.5])
+    opt.step()
+    # vector: plain momentum SGD at 0.01, first step v = lr * g
+    assert torch.allclose(b, torch.tensor([1.0 - 0.01, 1.0 + 0.02, 1.0 - 0.005]))
+    # matrix: trust ratio eta ||w|| / ||g|| = 0.001 * 4 / 1 = 0.004, step 3.0 * 0.004 * 0.5 = 0.006
+    assert torch.allclose(w, torch.full((2, 2), 2.0 - 0.006))
+
+
+def test_lars_vector_lr_option():
+    b = torch.nn.Parameter(torch.ones(3))
+    opt = make("lars", vector_lr=0.5).build_optimizer([b], FakeCtx(run_settings(weight_decay=0.0)))
+    assert opt.param_groups[-1]["lr"] == 0.5 and not opt.param_groups[-1]["adapt"]
+
+
+def test_fused_lion_and_lion_share_one_lr_ratio():
+    assert REGISTRY["lion"].Config().lr_ratio == LION_LR_RATIO == 0.3
+    assert REGISTRY["fused_optimizer"].Config().lr_ratio == LION_LR_RATIO
+    w = torch.nn.Parameter(torch.ones(2, 2))
+    ctx = FakeCtx(run_settings(weight_decay=0.0))
+    lion = make("lion").build_optimizer([w], ctx)
+    fused = make("fused_optimizer", algorithm="lion", backend="reference").build_optimizer(
+        [torch.nn.Parameter(torch.ones(2, 2))], ctx
+    )
+    assert lion.param_groups[0]["lr"] == fused.param_groups[0]["lr"] == pytest.approx(0.003)
+    assert lion.param_groups[0]["weight_decay"] == fused.param_groups[0]["weight_decay"]

@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from benchbed import plan
 from benchbed.results import store
-from benchbed.run.launchers import _classify_crash
 from benchbed.run.runner import run_scenario
 
 pytestmark = pytest.mark.slow
@@ -87,15 +87,15 @@ def test_sigkill_mid_matrix_then_rerun_keeps_every_cell_exactly_once(tiny_scenar
 
 
 def test_crashing_cell_is_recorded_and_the_matrix_goes_on(tiny_scenario, tmp_path):
-    # a cell process killed by SIGKILL (as the kernel's OOM killer does): seed 1 of every combination
+    # a cell process that runs out of memory: seed 1 of every combination dies saying so
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import json, os, signal, sys\n"
+        "import json, os, sys\n"
         "if len(sys.argv) > 1 and sys.argv[-2].endswith('.json'):\n"
         "    if json.load(open(sys.argv[-2]))['seed'] == 1:\n"
-        "        sys.stderr.write('simulated out-of-memory kill\\n'); sys.stderr.flush()\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        sys.stderr.write('MemoryError: simulated\\n'); sys.stderr.flush()\n"
+        "        os._exit(1)\n"
     )
     sc = plan.load(tiny_scenario(combos='["adamw"]'))
     out = run_scenario(
@@ -104,11 +104,13 @@ def test_crashing_cell_is_recorded_and_the_matrix_goes_on(tiny_scenario, tmp_pat
     cells = pd.read_parquet(out / "cells.parquet").set_index("seed")
     assert cells.loc[0, "status"] == "reached"
     assert cells.loc[1, "status"] == "oom"
-    assert "simulated out-of-memory kill" in cells.loc[1, "error"]
+    assert "MemoryError: simulated" in cells.loc[1, "error"]
     assert pd.isna(cells.loc[1, "time_to_target_s"])
 
-    # --retry-failed runs only the failed cell again (now without the hook)
+    # a plain resume keeps the oom cell; --retry-failed runs only it again (now without the hook)
     before = started_at(out)
+    run_scenario(sc, out, progress=False, log=lambda m: None)
+    assert started_at(out) == before
     run_scenario(sc, out, retry_failed=True, progress=False, log=lambda m: None)
     cells = pd.read_parquet(out / "cells.parquet").set_index("seed")
     assert cells.loc[1, "status"] == "reached"
@@ -118,13 +120,17 @@ def test_crashing_cell_is_recorded_and_the_matrix_goes_on(tiny_scenario, tmp_pat
 
 
 def test_timeout_and_bad_data_are_recorded(tiny_scenario, tmp_path):
-    bad = tmp_path / "corrupt_000.bin"
-    bad.write_bytes(b"\x00" * 2000)
-    sc = plan.load(
-        tiny_scenario(
-            combos='["adamw"]', seeds="[0]", extra=f'[data]\nkind = "shards"\npath = "{bad.name}"\n'
-        )
+    from benchbed.workloads.data import write_shard
+
+    shard = tmp_path / "data_000.bin"
+    write_shard(str(shard), np.arange(20_000) % 32)
+    path = tiny_scenario(
+        combos='["adamw"]', seeds="[0]", extra=f'[data]\nkind = "shards"\npath = "{shard.name}"\n'
     )
+    sc = plan.load(path)
+    shard.write_bytes(b"\x00" * 2000)  # damaged after the load checked it: the cell records it
+    with pytest.raises(plan.ScenarioError, match="header: magic is 0"):
+        plan.load(path)  # (a load now refuses it up front)
     out = run_scenario(sc, tmp_path / "bad", progress=False, log=lambda m: None)
     (row,) = pd.read_parquet(out / "cells.parquet").to_dict("records")
     assert row["status"] == "error" and "header: magic is 0" in row["error"]
@@ -134,10 +140,3 @@ def test_timeout_and_bad_data_are_recorded(tiny_scenario, tmp_path):
     out = run_scenario(sc, tmp_path / "slow", progress=False, log=lambda m: None)
     (row,) = pd.read_parquet(out / "cells.parquet").to_dict("records")
     assert row["status"] == "timeout" and "timed out after 0.5 s" in row["error"]
-
-
-def test_crash_classification():
-    assert _classify_crash(-signal.SIGKILL, "", timed_out=False) == "oom"
-    assert _classify_crash(1, "torch.OutOfMemoryError: CUDA out of memory", timed_out=False) == "oom"
-    assert _classify_crash(1, "Traceback ... ValueError", timed_out=False) == "error"
-    assert _classify_crash(-signal.SIGKILL, "", timed_out=True) == "timeout"

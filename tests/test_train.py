@@ -46,7 +46,7 @@ class CountingTelemetry:
         return math.nan
 
 
-def test_clock_counts_steps_only_excluding_eval_and_warmup():
+def test_clock_counts_every_step_excluding_eval_and_the_warmup_step():
     w = WORKLOADS["lm-tiny"]
     ctx = TrainContext(settings(), w, [REGISTRY["adamw"]()])
     build(ctx)
@@ -55,9 +55,10 @@ def test_clock_counts_steps_only_excluding_eval_and_warmup():
     tel = CountingTelemetry()
     res = train(ctx, w.make_data(), tel, clock=clock)
     # each step window reads the clock twice (1 s); each eval reads it twice too, but is excluded
-    assert res["steps"] == 10 and tel.windows == 9  # the warm-up step is outside the energy windows
+    assert res["steps"] == 10 and tel.windows == 10  # the untimed warm-up is outside the energy windows
     assert res["warmup_time_s"] == 1.0
-    assert res["train_time_s"] == 9.0  # 10 steps minus the warm-up step
+    assert res["train_time_s"] == 10.0  # every training step, the first included
+    assert res["tokens_per_s"] == res["tokens"] / 10.0
     n_evals = len(res["curves"])
     assert n_evals == 1 + math.ceil(10 / 4)  # step 0, every 4 steps, and the end of the budget
     assert res["eval_time_s"] == float(n_evals)
@@ -70,8 +71,11 @@ def test_lr_schedule_warms_up_then_decays_to_zero_at_the_end_of_the_budget():
     for step in range(101):
         ctx.step = step
         factors.append(ctx.lr_factor())
-    assert factors[5] == pytest.approx((0.05 + 1e-3) / 0.1)
-    assert max(factors) == pytest.approx(1.0, abs=1e-6)
+    # hand values: warm-up is (step + 1) / 10 over the first 10 steps of 100
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[5] == pytest.approx(0.6)
+    assert factors[9] == pytest.approx(1.0)
+    assert max(factors) == 1.0
     assert factors[10] == pytest.approx(1.0)
     assert factors[55] == pytest.approx(0.5, abs=1e-9)
     assert factors[100] == 0.0

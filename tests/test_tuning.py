@@ -354,7 +354,7 @@ def test_the_gate_never_compares_defaults_with_external_and_says_so(tmp_path, tu
         frame.to_parquet(directory / "cells.parquet", index=False)
         (directory / "run.json").write_text(json.dumps({"schema_version": 1, "run_id": directory.name}))
     assert gate.compare(default_rows, tuned_rows).empty
-    mismatched = gate.ruleset_mismatches(default_rows, tuned_rows)
+    mismatched = tuning.ruleset_mismatches(default_rows, tuned_rows)
     assert sorted(mismatched["variant"]) == ["adamw", "lion"]
     assert set(mismatched["baseline_ruleset"]) == {"defaults"} and set(mismatched["candidate_ruleset"]) == {
         "external"

@@ -16,18 +16,24 @@ never the run id) and gives every cell × metric one verdict:
   1/70), so fewer samples give "insufficient_data", which fails only under ``--strict``.
 - ``reached``: a configuration that reached its target before (more than half of its cells) and
   does not now is a regression.
+- ``cells``: the gate fails closed. A candidate cell that produced no measurement (status
+  ``error``, ``timeout``, ``oom`` or ``killed``, or absent) where the baseline cell of the same
+  seed and repeat had one is a regression, and so is a configuration of the baseline the candidate
+  does not have at all (``allow_missing`` makes that insufficient data, for configurations removed
+  on purpose). Such cells add no sample to any metric (they are not "did not reach": nothing was
+  measured), and a metric measured in the baseline but not in the candidate is a regression too.
 
-Tuning rulesets: both tables first go through ``benchbed.analyse.tuning.ranking_cells``, so a tuned
-configuration is matched by its ``tuning_key`` and its samples are its studies' winning trials. A
-winner is picked by measured time, so its counts are not reproducible seed by seed: tuned
-configurations are judged like a non-deterministic device's. A ``defaults`` configuration never
-matches an ``external`` one (their keys differ); ``ruleset_mismatches`` names the configurations
-that ran under different rulesets on the two sides, so the output can say why they were not compared.
+Tuning rulesets (docs/gate.md): both tables go through ``benchbed.analyse.tuning.ranking_cells``
+first, so a tuned configuration is matched by its ``tuning_key``, with its studies' winners as
+samples, and judged as noisy (winners are picked by measured time); defaults never match external.
 
-Verdicts: ``ok, regression, suspicious, improvement, insufficient_data, not_measured`` (both sides
-NaN: a metric this machine cannot measure). ``failed`` says whether they fail the gate (any
-regression; under ``strict`` also insufficient data). Mann & Whitney 1947, "On a test of whether one
-of two random variables is stochastically larger than the other".
+Verdicts: ``ok, regression, suspicious, improvement, insufficient_data, not_measured``
+(``not_measured`` only when neither side measured the metric: one this machine cannot measure).
+``failed`` says whether they fail the gate (any regression; under ``strict`` also insufficient
+data). Fixed-seed equality needs the same torch thread count on both sides (CPU curves are
+bitwise-reproducible only at a fixed count); where the ``threads`` columns differ the deterministic
+metrics are judged as noisy ones. Mann & Whitney 1947, "On a test of whether one of two random
+variables is stochastically larger than the other".
 
 This module decides; ``benchbed.present.gate_cli`` writes the markdown, JSON and benchmark-action
 outputs and owns the command line (exit code 1 on a failed gate, 0 otherwise, 2 on bad input).
@@ -46,6 +52,7 @@ from scipy.stats import mannwhitneyu
 from benchbed.analyse.bootstrap import TO_TARGET_METRICS, median, metric_samples, reached_mask
 from benchbed.analyse.tuning import ranking_cells
 from benchbed.results import store
+from benchbed.results.schema import FAILED_STATUSES
 
 VERDICTS = ("regression", "insufficient_data", "suspicious", "improvement", "ok", "not_measured")
 
@@ -90,6 +97,7 @@ DETERMINISTIC_DEVICES = ("cpu",)
 COMPARE_COLUMNS = [
     "workload",
     "device",
+    "host_kind",
     "variant",
     "ruleset",
     "config_key",
@@ -128,11 +136,12 @@ def _noisy_verdict(
     out["candidate_value"] = median(cand)
     if base.size == 0 and cand.size == 0:
         return {**out, "verdict": "not_measured", "note": "NaN on both sides"}
-    if base.size == 0 or cand.size == 0:
-        side = "baseline" if base.size == 0 else "candidate"
-        return {**out, "verdict": "not_measured", "note": f"not measured in the {side}"}
+    if cand.size == 0:
+        return {**out, "verdict": "regression", "note": "measured in the baseline, not in the candidate"}
+    if base.size == 0:
+        return {**out, "verdict": "insufficient_data", "note": "not measured in the baseline"}
     if np.isinf(base).all() and np.isinf(cand).all():
-        return {**out, "verdict": "not_measured", "note": "target reached on neither side"}
+        return {**out, "verdict": "ok", "note": "target reached on neither side"}
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = float(np.float64(out["candidate_value"]) / np.float64(out["baseline_value"]))
     out["ratio"] = ratio
@@ -189,12 +198,16 @@ def _deterministic_verdict(
     common = base.index.intersection(cand.index)
     if base.empty and cand.empty:
         return {**out, "verdict": "not_measured", "note": "NaN on both sides"}
+    lost = [str(seed) for seed in base.index.difference(cand.index)]
+    if lost:
+        note = f"seed(s) {', '.join(lost)} measured in the baseline, not in the candidate"
+        return {**out, "verdict": "regression", "note": note}
     if len(common) == 0:
-        return {**out, "verdict": "not_measured", "note": "no seed measured on both sides"}
+        return {**out, "verdict": "insufficient_data", "note": "not measured in the baseline"}
     b = base.loc[common].to_numpy(dtype=np.float64)
     c = cand.loc[common].to_numpy(dtype=np.float64)
     if np.isinf(b).all() and np.isinf(c).all():
-        return {**out, "verdict": "not_measured", "note": "target reached on neither side"}
+        return {**out, "verdict": "ok", "note": "target reached on neither side"}
     with np.errstate(divide="ignore", invalid="ignore"):
         out["ratio"] = float(np.float64(median(c)) / np.float64(median(b)))
         both_inf = np.isinf(b) & np.isinf(c)
@@ -239,39 +252,99 @@ def _reached_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame, determi
         common = base_by_seed.index.intersection(cand_by_seed.index)
         lost = [str(seed) for seed in common if base_by_seed[seed] and not cand_by_seed[seed]]
         if lost:
-            return {
-                **out,
-                "verdict": "regression",
-                "note": out["note"] + f"; seed(s) {', '.join(lost)} stopped reaching",
-            }
+            note = out["note"] + f"; seed(s) {', '.join(lost)} stopped reaching"
+            return {**out, "verdict": "regression", "note": note}
     if cand_ok and not base_ok:
         return {**out, "verdict": "improvement"}
     return {**out, "verdict": "ok"}
 
 
+def failed_mask(cells: pd.DataFrame) -> pd.Series:
+    """True for cells that produced no measurement (error, timeout, oom, killed)."""
+    if "status" not in cells.columns:
+        return pd.Series(False, index=cells.index)
+    return cells["status"].astype("string").isin(FAILED_STATUSES).fillna(False).astype(bool)
+
+
+def _samples_key(cells: pd.DataFrame) -> pd.Series:
+    seed = cells["seed"].astype(str) if "seed" in cells.columns else pd.Series("?", index=cells.index)
+    repeat = cells["repeat"].astype(str) if "repeat" in cells.columns else pd.Series("0", index=cells.index)
+    return seed + "/" + repeat
+
+
+def _status_summary(cells: pd.DataFrame) -> str:
+    bad = cells.loc[failed_mask(cells), "status"].astype(str)
+    counts = ", ".join(f"{status} {n}" for status, n in bad.value_counts().items())
+    return f"{len(bad)} of {len(cells)} failed" + (f" ({counts})" if counts else "")
+
+
+def _cells_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame) -> dict:
+    """Fail closed: a (seed, repeat) measured in the baseline and failed or absent in the candidate."""
+    base_ok = ~failed_mask(base_cells)
+    cand_ok = ~failed_mask(cand_cells)
+    base_keys = set(_samples_key(base_cells)[base_ok])
+    cand_keys_ok = set(_samples_key(cand_cells)[cand_ok])
+    lost = sorted(base_keys - cand_keys_ok)
+    out = {
+        "baseline_value": float(base_ok.sum()),
+        "candidate_value": float(cand_ok.sum()),
+        "ratio": math.nan,
+        "p_value": math.nan,
+        "note": f"measured cells; baseline {_status_summary(base_cells)}, candidate {_status_summary(cand_cells)}",
+    }
+    if lost:
+        shown = ", ".join(lost[:8]) + (" ..." if len(lost) > 8 else "")
+        note = f"{len(lost)} cell(s) (seed/repeat {shown}) measured in the baseline, not in the candidate; "
+        return {**out, "verdict": "regression", "note": note + out["note"]}
+    if (~cand_ok).any():
+        return {**out, "verdict": "insufficient_data", "note": "cells failed on both sides; " + out["note"]}
+    if (~base_ok).any():
+        return {**out, "verdict": "improvement"}
+    return {**out, "verdict": "ok"}
+
+
+def _threads(cells: pd.DataFrame) -> set:
+    if "threads" not in cells.columns:
+        return set()
+    return set(pd.to_numeric(cells["threads"], errors="coerce").dropna().astype(int))
+
+
 # -- the table-level comparison ---------------------------------------------------------------
+
+
+def host_kind(cells: pd.DataFrame) -> pd.Series:
+    """The hardware a cell's numbers belong to: its ``device_name`` (the GPU's name for a GPU cell,
+    the CPU's model for a CPU cell); "" where a table does not record it. Cells of one configuration
+    are compared only between equal host kinds: an H100 baseline says nothing about an A100 run,
+    nor one CPU model about another, whichever host or Ray node ran them."""
+    if "device_name" not in cells.columns:
+        return pd.Series("", index=cells.index, dtype=object)
+    return cells["device_name"].fillna("").astype(str)
 
 
 def compare(
     baseline_cells: pd.DataFrame,
     candidate_cells: pd.DataFrame,
     thresholds: GateThresholds | None = None,
+    *,
+    allow_missing: bool = False,
     **options,
 ) -> pd.DataFrame:
-    """Compare two cells tables; one row per matched configuration × metric with its verdict.
+    """Compare two cells tables; one row per matched configuration × host kind × metric with its verdict.
 
-    Cells are matched by ``config_key``; seeds and repeats of one configuration are the samples.
-    ``thresholds`` (default ``GateThresholds()``): ``time_threshold=0.05, throughput_threshold=0.05,
-    energy_threshold=0.05, memory_threshold=0.10`` (relative change of the median that counts),
-    ``alpha=0.01`` (Mann-Whitney significance), ``min_samples=5`` (per side), ``count_rtol=0.0`` and
-    ``loss_rtol=1e-4`` (deterministic tolerances), ``nondeterministic_threshold=0.05``. Keyword
-    ``options`` with those names override single fields (``compare(a, b, time_threshold=0.1)``).
+    Cells are matched by ``config_key`` and ``host_kind`` (GPU name or CPU model, see
+    ``host_kind``); seeds and repeats of one configuration on one host kind are the samples.
+    ``thresholds``: a ``GateThresholds`` (its fields and defaults are the gate's); keyword
+    ``options`` with its field names override single fields (``compare(a, b, time_threshold=0.1)``).
 
-    Columns (``COMPARE_COLUMNS``): ``workload, device, variant, ruleset, config_key, metric, kind``
-    (``reached | deterministic | noisy``), ``baseline_value, candidate_value`` (medians; for
-    ``reached`` the fraction of cells that reached), ``ratio`` (candidate / baseline), ``threshold,
-    p_value, n_baseline, n_candidate, verdict, note``. Configurations present on only one side are
-    not compared (see ``unmatched``). Raises ValueError on an unknown option or missing column.
+    Columns (``COMPARE_COLUMNS``): ``workload, device, host_kind, variant, ruleset, config_key,
+    metric, kind`` (``cells | reached | deterministic | noisy``), ``baseline_value,
+    candidate_value`` (medians; for ``reached`` the fraction of cells that reached, for ``cells``
+    the number of measured cells), ``ratio`` (candidate / baseline), ``threshold, p_value,
+    n_baseline, n_candidate, verdict, note``. A configuration only in the baseline gets one
+    ``cells`` row, a regression unless ``allow_missing`` (then insufficient data); one only in the
+    candidate, or on both sides but never on the same host kind, is not compared (``unmatched``).
+    Raises ValueError on an unknown option or missing column.
     """
     unknown = sorted(set(options) - {field.name for field in dataclasses.fields(GateThresholds)})
     if unknown:
@@ -281,28 +354,35 @@ def compare(
         if "config_key" not in table.columns:
             raise ValueError(f"{name} cells: config_key: column missing")
     baseline_cells, candidate_cells = ranking_cells(baseline_cells), ranking_cells(candidate_cells)
-    common = sorted(set(baseline_cells["config_key"].dropna()) & set(candidate_cells["config_key"].dropna()))
+    base_kinds, cand_kinds = host_kind(baseline_cells), host_kind(candidate_cells)
+    base_groups = set(zip(baseline_cells["config_key"], base_kinds, strict=True))
+    cand_groups = set(zip(candidate_cells["config_key"], cand_kinds, strict=True))
+    common = sorted(g for g in base_groups & cand_groups if isinstance(g[0], str))
+    base_keys = set(baseline_cells["config_key"].dropna())
     rows = []
-    for config_key in common:
-        base = baseline_cells[baseline_cells["config_key"] == config_key]
-        cand = candidate_cells[candidate_cells["config_key"] == config_key]
-        first = cand.iloc[0]
-        device = str(first.get("device", ""))
-        ruleset = str(first.get("ruleset", "defaults"))
-        label = {
-            "workload": first.get("workload"),
-            "device": device,
-            "variant": first.get("variant", first.get("techniques")),
-            "ruleset": ruleset,
-            "config_key": config_key,
-        }
+    for config_key, kind in common:
+        base_all = baseline_cells[(baseline_cells["config_key"] == config_key) & (base_kinds == kind)]
+        cand_all = candidate_cells[(candidate_cells["config_key"] == config_key) & (cand_kinds == kind)]
+        label = _label(cand_all.iloc[0], kind, config_key)
+        device, ruleset = label["device"], label["ruleset"]
+        threads = (_threads(base_all), _threads(cand_all))
+        same_threads = threads[0] == threads[1] or not (threads[0] and threads[1])
         # a tuned configuration's winners are picked by measured time: not reproducible seed by seed
-        deterministic = device.split(":")[0] in DETERMINISTIC_DEVICES and ruleset != "external"
-        counts = {"n_baseline": len(base), "n_candidate": len(cand)}
+        deterministic = (
+            device.split(":")[0] in DETERMINISTIC_DEVICES and same_threads and ruleset != "external"
+        )
+        counts = {"n_baseline": len(base_all), "n_candidate": len(cand_all)}
+        rows.append(
+            {**label, "metric": "cells", "kind": "cells", "threshold": math.nan, **counts}
+            | _cells_verdict(base_all, cand_all)
+        )
         rows.append(
             {**label, "metric": "reached", "kind": "reached", "threshold": math.nan, **counts}
-            | _reached_verdict(base, cand, deterministic)
+            | _reached_verdict(base_all, cand_all, deterministic)
         )
+        # a failed cell measured nothing: it is no sample (not "did not reach") of any metric
+        base = base_all[~failed_mask(base_all)]
+        cand = cand_all[~failed_mask(cand_all)]
         for metric, (smaller_is_better, option) in DETERMINISTIC_METRICS.items():
             if deterministic:
                 verdict = _deterministic_verdict(
@@ -322,6 +402,9 @@ def compare(
                 b, c = metric_samples(base, metric), metric_samples(cand, metric)
                 threshold = limits.nondeterministic_threshold
                 verdict = _noisy_verdict(b, c, smaller_is_better, threshold, limits.alpha, limits.min_samples)
+                if not same_threads:
+                    why = f"thread counts differ ({sorted(threads[0])} vs {sorted(threads[1])}): not bitwise comparable"
+                    verdict["note"] = f"{why}; {verdict['note']}".rstrip("; ")
                 rows.append(
                     {**label, "metric": metric, "kind": "noisy", "threshold": threshold}
                     | {"n_baseline": b.size, "n_candidate": c.size}
@@ -337,38 +420,57 @@ def compare(
                 | {"n_baseline": b.size, "n_candidate": c.size}
                 | verdict
             )
+    # a configuration the candidate lacks entirely fails closed; one it ran on another host kind only
+    # is not comparable (unmatched()["other_host_kind"])
+    for config_key in sorted(base_keys - set(candidate_cells["config_key"].dropna())):
+        base_all = baseline_cells[baseline_cells["config_key"] == config_key]
+        measured = int((~failed_mask(base_all)).sum())
+        rows.append(
+            _label(base_all.iloc[0], str(host_kind(base_all).iloc[0]), config_key)
+            | {
+                "metric": "cells",
+                "kind": "cells",
+                "baseline_value": float(measured),
+                "candidate_value": 0.0,
+                "ratio": math.nan,
+                "threshold": math.nan,
+                "p_value": math.nan,
+                "n_baseline": len(base_all),
+                "n_candidate": 0,
+                "verdict": "insufficient_data" if allow_missing else "regression",
+                "note": "configuration in the baseline, missing from the candidate"
+                + (" (allowed)" if allow_missing else "; --allow-missing if it was removed on purpose"),
+            }
+        )
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
+def _label(first: pd.Series, kind: str, config_key: str) -> dict:
+    """The columns naming a compared configuration, from one of its cells."""
+    return {
+        "workload": first.get("workload"),
+        "device": str(first.get("device", "")),
+        "host_kind": kind,
+        "variant": first.get("variant", first.get("techniques")),
+        "ruleset": str(first.get("ruleset", "defaults")),
+        "config_key": config_key,
+    }
+
+
 def unmatched(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> dict[str, list[str]]:
-    """config_keys (a tuned configuration's: its tuning_key) present on only one side:
-    ``{"baseline_only": [...], "candidate_only": [...]}``."""
-    base = set(ranking_cells(baseline_cells)["config_key"].dropna())
-    cand = set(ranking_cells(candidate_cells)["config_key"].dropna())
-    return {"baseline_only": sorted(base - cand), "candidate_only": sorted(cand - base)}
-
-
-def ruleset_mismatches(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> pd.DataFrame:
-    """Configurations (same workload, device and variant) that ran under one ruleset in the baseline
-    and another in the candidate, and so were not compared. Columns: ``workload, device, variant,
-    baseline_ruleset, candidate_ruleset``."""
-    columns = ["workload", "device", "variant", "baseline_ruleset", "candidate_ruleset"]
-    labels = ["workload", "device", "variant"]
-    sides = []
-    for table in (ranking_cells(baseline_cells), ranking_cells(candidate_cells)):
-        if not set(labels) <= set(table.columns):
-            return pd.DataFrame(columns=columns)
-        sides.append(table[labels + ["ruleset"]].drop_duplicates())
-    merged = sides[0].merge(sides[1], on=labels, suffixes=("_baseline", "_candidate"))
-    merged = merged[merged["ruleset_baseline"] != merged["ruleset_candidate"]]
-    # a configuration that also ran under the same ruleset on both sides was compared
-    both = sides[0].merge(sides[1], on=labels + ["ruleset"])[labels].drop_duplicates()
-    merged = merged.merge(both, on=labels, how="left", indicator=True)
-    merged = merged[merged["_merge"] == "left_only"]
-    out = merged.rename(
-        columns={"ruleset_baseline": "baseline_ruleset", "ruleset_candidate": "candidate_ruleset"}
-    )
-    return out[columns].sort_values(labels).reset_index(drop=True)
+    """config_keys (tuned: tuning_keys) on one side only (``baseline_only``, ``candidate_only``), and
+    those on both sides but never on the same host kind (``other_host_kind``): not compared."""
+    baseline_cells, candidate_cells = ranking_cells(baseline_cells), ranking_cells(candidate_cells)
+    base = set(baseline_cells["config_key"].dropna())
+    cand = set(candidate_cells["config_key"].dropna())
+    base_groups = set(zip(baseline_cells["config_key"], host_kind(baseline_cells), strict=True))
+    cand_groups = set(zip(candidate_cells["config_key"], host_kind(candidate_cells), strict=True))
+    compared = {key for key, _ in base_groups & cand_groups}
+    return {
+        "baseline_only": sorted(base - cand),
+        "candidate_only": sorted(cand - base),
+        "other_host_kind": sorted((base & cand) - compared),
+    }
 
 
 def failed(comparison: pd.DataFrame, *, strict: bool = False) -> bool:

@@ -60,6 +60,11 @@ METRICS: dict[str, bool] = {
     "energy_to_target_j": True,
     "peak_mem_bytes": True,
     "tokens_per_s": False,
+    # memory by what holds it, measured on every device (benchbed.measure.memory)
+    "saved_activation_bytes": True,
+    "optimizer_state_bytes": True,
+    "grad_bytes": True,
+    "param_bytes": True,
 }
 
 #: columns describing a combination, copied from its first cell when present
@@ -177,7 +182,8 @@ def summarize(
     Columns: ``workload, device, config_key, scenario, variant, ruleset, techniques, batch_size, lr,
     baseline, is_baseline, n_seeds, n_cells, n_reached, status_counts, reached``, then for every metric in
     ``METRICS`` (``time_to_target_s, tokens_to_target, energy_to_target_j, peak_mem_bytes,
-    tokens_per_s``) the point estimate under the metric's own name plus ``<metric>_ci_low``,
+    tokens_per_s``, and the memory columns ``saved_activation_bytes, optimizer_state_bytes,
+    grad_bytes, param_bytes``) the point estimate under the metric's own name plus ``<metric>_ci_low``,
     ``<metric>_ci_high`` and ``<metric>_n`` (values that were measured), and
     ``best_val_loss, final_val_loss`` (medians), and the tuning cost ``n_trials, tuning_cost_s,
     tuning_cost_j`` (sums over every trial behind the combination; NaN when a part was not measured)
@@ -417,6 +423,18 @@ LEADERBOARD_COLUMNS = [
     "tokens_per_s",
     "tokens_per_s_ci_low",
     "tokens_per_s_ci_high",
+    "saved_activation_bytes",
+    "saved_activation_bytes_ci_low",
+    "saved_activation_bytes_ci_high",
+    "optimizer_state_bytes",
+    "optimizer_state_bytes_ci_low",
+    "optimizer_state_bytes_ci_high",
+    "grad_bytes",
+    "grad_bytes_ci_low",
+    "grad_bytes_ci_high",
+    "param_bytes",
+    "param_bytes_ci_low",
+    "param_bytes_ci_high",
     "speedup",
     "speedup_ci_low",
     "speedup_ci_high",

@@ -160,3 +160,26 @@ def cost_sum(values: np.ndarray) -> float:
     if values.size == 0 or np.isnan(values).any():
         return float("nan")
     return float(values.sum())
+
+
+def ruleset_mismatches(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> pd.DataFrame:
+    """Configurations (same workload, device and variant) that ran under one ruleset in the baseline
+    and another in the candidate, and so were not compared. Columns: ``workload, device, variant,
+    baseline_ruleset, candidate_ruleset``."""
+    columns = ["workload", "device", "variant", "baseline_ruleset", "candidate_ruleset"]
+    labels = ["workload", "device", "variant"]
+    sides = []
+    for table in (ranking_cells(baseline_cells), ranking_cells(candidate_cells)):
+        if not set(labels) <= set(table.columns):
+            return pd.DataFrame(columns=columns)
+        sides.append(table[labels + ["ruleset"]].drop_duplicates())
+    merged = sides[0].merge(sides[1], on=labels, suffixes=("_baseline", "_candidate"))
+    merged = merged[merged["ruleset_baseline"] != merged["ruleset_candidate"]]
+    # a configuration that also ran under the same ruleset on both sides was compared
+    both = sides[0].merge(sides[1], on=labels + ["ruleset"])[labels].drop_duplicates()
+    merged = merged.merge(both, on=labels, how="left", indicator=True)
+    merged = merged[merged["_merge"] == "left_only"]
+    out = merged.rename(
+        columns={"ruleset_baseline": "baseline_ruleset", "ruleset_candidate": "candidate_ruleset"}
+    )
+    return out[columns].sort_values(labels).reset_index(drop=True)

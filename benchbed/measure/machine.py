@@ -26,6 +26,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), or the architecture where /proc/cpuinfo says none."""
+    return _cpu_model()
+
+
 def _gpu_list(nvml: Any) -> tuple[list[tuple[int, Any]], str]:
     """(index, handle) of every NVML device, or why there are none. Call after a successful init."""
     try:

@@ -2,19 +2,22 @@
 attention, learned absolute positions, tied input/output embeddings.
 
 Techniques change this model from the outside (checkpointing wraps blocks, LoRA swaps linears,
-ReZero/Fixup re-initialise residual branches, kernels swap attention and norms); the model keeps
-the seams they need as plain attributes: ``blocks``, ``attn_fn``, ``norm`` modules and the
-per-branch ``residual_scale`` hooks.
+ReZero/Fixup re-initialise residual branches, kernels swap attention and norms, random-LTD runs
+blocks on a subset of tokens); the model keeps the seams they need as plain attributes: ``blocks``,
+``attn_fn``, ``norm`` modules, the per-branch ``residual_scale`` hooks and ``token_subset``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchbed.models.tokens import run_on_subset
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,11 @@ class GPTConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     bias: bool = False
+    attn_width: int | None = None  # n_head x head_dim; None: d_model (wider models keep head_dim)
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return (self.attn_width or self.d_model) // self.n_head
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
@@ -39,20 +43,30 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head attention of ``n_head`` heads of ``head_dim`` each (structured pruning keeps
+    head_dim and lowers n_head, so the two are attributes, not derived from the input width)."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.head_dim = cfg.head_dim
+        width = self.n_head * self.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * width, bias=cfg.bias)
+        self.proj = nn.Linear(width, cfg.d_model, bias=cfg.bias)
         # swapped by the flash_attention technique; same signature as sdpa_attention
         self.attn_fn = sdpa_attention
 
+    @property
+    def width(self) -> int:
+        return self.n_head * self.head_dim
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        W = self.width
+        q, k, v = self.qkv(x).split(W, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         y = self.attn_fn(q, k, v, causal=True)
-        return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return self.proj(y.transpose(1, 2).contiguous().view(B, T, W))
 
 
 class MLP(nn.Module):
@@ -95,6 +109,9 @@ class GPT(nn.Module):
         self.norm_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying
+        # token_subset(layer, x) -> positions [B, K] (sorted, so causality holds among them) that
+        # block `layer` runs on in training, or None for all; set by random-LTD
+        self.token_subset: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -117,8 +134,9 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds the model's {self.cfg.seq_len}")
         pos = torch.arange(T, device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            keep = self.token_subset(i, x) if self.token_subset is not None and self.training else None
+            x = run_on_subset(block, x, keep)
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -131,6 +149,38 @@ class GPT(nn.Module):
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B / nanoGPT:
-        6N for the weights plus 12 * L * d * T for attention scores and values."""
-        cfg = self.cfg
-        return 6.0 * self.num_params() + 12.0 * cfg.n_layer * cfg.d_model * cfg.seq_len
+        6N for the weights plus 12 * L * d * T for attention scores and values, with d the
+        attention width of each layer as built (pruned or widened layers count as they are).
+
+        With frozen parameters (fine-tuning) backward does less: a frozen weight needs no weight
+        gradient (2 of its 6 FLOPs), and a layer below every trainable parameter needs no input
+        gradient either (only its forward, 2), at the granularity of blocks. With everything
+        trainable this is exactly the 6N + 12 L d T above."""
+        T = self.cfg.seq_len
+        attn = [m for m in self.modules() if isinstance(m, CausalSelfAttention)]
+        if all(p.requires_grad for p in self.parameters()):
+            return 6.0 * self.num_params() + 12.0 * sum(a.width for a in attn) * T
+        # forward order: input embeddings, each block, the final norm and the (tied) head
+        blocks = list(self.blocks)
+        # an input gradient is needed from the first trainable parameter (bottom-up) onwards
+        upstream_trainable = self.tok_emb.weight.requires_grad or self.pos_emb.weight.requires_grad
+        total = 0.0
+        for block in blocks:
+            params = list(block.parameters())
+            trainable_here = any(p.requires_grad for p in params)
+            backward_input = upstream_trainable or trainable_here
+            # frozen weights stored quantised (codes, not parameters) count as what they represent
+            n = sum(p.numel() for p in params) + sum(getattr(m, "represents", 0) for m in block.modules())
+            n_train = sum(p.numel() for p in params if p.requires_grad)
+            widths = sum(m.width for m in block.modules() if isinstance(m, CausalSelfAttention))
+            total += 2.0 * n + 4.0 * widths * T  # forward
+            if backward_input:
+                total += 2.0 * n + 8.0 * widths * T  # input gradients through the block
+            total += 2.0 * n_train  # weight gradients
+            upstream_trainable = backward_input
+        for module in (self.norm_f, self.lm_head):
+            params = list(module.parameters())
+            n = sum(p.numel() for p in params)
+            total += 2.0 * n + (2.0 * n if upstream_trainable else 0.0)
+            total += 2.0 * sum(p.numel() for p in params if p.requires_grad)
+        return total

@@ -2,21 +2,24 @@
 
 ``scenario.py`` reads and checks the file's fields, ``matrix.py`` expands them into cells,
 ``tuning.py`` reads the ``[tuning]`` table and expands tuned configurations into trials, ``cell.py``
-is the cell. `load` is the whole path, and every mistake in a scenario is one line
-``FILE: field: what is wrong`` (a `ScenarioError`) before anything runs.
+is the cell, ``data_check.py`` opens the data files the cells will read. `load` is the whole path,
+and every mistake in a scenario is one line ``FILE: field: what is wrong`` (a `ScenarioError`)
+before anything runs.
 """
 
 from __future__ import annotations
 
 from benchbed.plan.cell import Cell, lifecycle_order
 from benchbed.plan.check import ScenarioError
-from benchbed.plan.matrix import DEFAULT_OPTIMIZER, Scenario, expand
-from benchbed.plan.scenario import DEVICES, default_scenario_path, read, resolve_scenario_path
+from benchbed.plan.data_check import check_data
+from benchbed.plan.matrix import DEFAULT_OPTIMIZER, MAX_CELLS, Scenario, expand
+from benchbed.plan.scenario import DEVICES, default_scenario_path, read, resolve_scenario_path, slug
 from benchbed.plan.tuning import RULESETS
 
 __all__ = [
     "DEFAULT_OPTIMIZER",
     "DEVICES",
+    "MAX_CELLS",
     "RULESETS",
     "Cell",
     "Scenario",
@@ -25,6 +28,7 @@ __all__ = [
     "lifecycle_order",
     "load",
     "resolve_scenario_path",
+    "slug",
 ]
 
 
@@ -32,7 +36,11 @@ def load(
     path: str,
     device_override: str | None = None,
     repeats_override: int | None = None,
+    max_cells: int | None = None,
     ruleset_override: str | None = None,
 ) -> Scenario:
-    """Read, validate and expand a scenario file. Raises ScenarioError."""
-    return expand(read(path, device_override, repeats_override, ruleset_override))
+    """Read, validate and expand a scenario file, and open the data its cells read. Raises
+    ScenarioError."""
+    scenario = expand(read(path, device_override, repeats_override, ruleset_override), max_cells)
+    check_data(scenario)
+    return scenario

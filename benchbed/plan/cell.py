@@ -24,6 +24,12 @@ def _hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def stage_dir(workload: str, config_key: str, seed: int, repeat: int) -> str:
+    """A stage checkpoint's directory under the results directory: keyed by the producing cell's
+    configuration, seed and repeat, so a changed stage never feeds a later one stale weights."""
+    return f"artifacts/stages/{workload}/{config_key}-s{seed}-r{repeat}"
+
+
 def lifecycle_order(names) -> tuple[str, ...]:
     return tuple(sorted(names, key=lambda n: (CATEGORIES.index(REGISTRY[n].category), n)))
 
@@ -65,9 +71,16 @@ class Cell:
     trial: int | None = None
     tuned: dict[str, float] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
+    # earlier pipeline stages this cell reads: workload name -> the config_key of the cell (same
+    # seed and repeat) that trains it (plan/stages.py links them; part of the configuration)
+    inputs: dict[str, str] = field(default_factory=dict)
     # technique -> its typed config (every technique of the cell); not part of the identity, which
     # `options` already fixes
     configs: dict[str, Any] = field(default_factory=dict, compare=False)
+    # outside the configuration too: what the cell's process does after training (a profiler trace,
+    # plan/profile.py) and the grid intensity of its CO2 estimate; neither changes the training
+    profile: dict[str, Any] = field(default_factory=dict, compare=False)
+    grid_intensity: float | None = field(default=None, compare=False)
 
     def config(self) -> dict[str, Any]:
         """Everything that defines the configuration, without seed and repeat (for a trial: with
@@ -95,6 +108,8 @@ class Cell:
         if self.ruleset != "defaults":
             config["ruleset"] = self.ruleset
             config["tuning"] = self.tuning
+        if self.inputs:  # only stages have inputs: every other cell keeps its config_key
+            config["inputs"] = dict(sorted(self.inputs.items()))
         return config
 
     def untuned_options(self) -> dict[str, dict[str, Any]]:
@@ -113,6 +128,15 @@ class Cell:
         if "warmup_frac" in self.tuned:
             config.pop("warmup_frac", None)
         return config
+
+    def input_dir(self, name: str) -> str:
+        """Where the checkpoint of input stage `name` lives, relative to the results directory."""
+        return stage_dir(name, self.inputs[name], self.seed, self.repeat)
+
+    @property
+    def output_dir(self) -> str:
+        """Where this cell saves its trained model when a later stage reads it."""
+        return stage_dir(self.workload, self.config_key, self.seed, self.repeat)
 
     def technique(self, name: str):
         """A fresh instance of technique `name` with this cell's config."""

@@ -1,6 +1,10 @@
 """A checked `ScenarioSpec` -> the cells it expands to: the product of the matrix axes, fixed and
 swept technique options, [[include]] and [[exclude]] entries, one cell per id, each technique's
 config built and validated once, and the baseline configuration named.
+
+The number of cells is counted from the axes before any cell is built: more than `MAX_CELLS`
+(usually a typo: an extra zero in `repeats`, a long seed list) is refused unless the caller raises
+the limit (``benchbed run --max-cells N``).
 """
 
 from __future__ import annotations
@@ -10,15 +14,19 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from benchbed.plan import profile as profiling
+from benchbed.plan import stages
 from benchbed.plan import tuning as tuning_table
 from benchbed.plan.cell import Cell, lifecycle_order
 from benchbed.plan.check import ScenarioError, _Checker, suggest
-from benchbed.plan.scenario import ScenarioSpec, check_warmup_frac
+from benchbed.plan.scenario import MAX_SEED, ScenarioSpec, check_warmup_frac
 from benchbed.techniques import REGISTRY, TechniqueError, build_config
 from benchbed.workloads import WORKLOADS
 
 DEFAULT_OPTIMIZER = "adamw"
 SELECT_KEYS = {"techniques", "seed", "batch_size", "lr", "workload"}
+#: cells a scenario may expand to without ``max_cells`` raised
+MAX_CELLS = 10_000
 
 
 @dataclass
@@ -58,8 +66,8 @@ def parse_combo(ck: _Checker, combo, field_name: str) -> tuple[str, ...]:
     return lifecycle_order(names)
 
 
-def expand(spec: ScenarioSpec) -> Scenario:
-    """Every cell of a checked scenario. Raises ScenarioError."""
+def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
+    """Every cell of a checked scenario (at most `max_cells`, default `MAX_CELLS`). Raises ScenarioError."""
     ck, path, raw, matrix = spec.checker(), spec.path, spec.raw, spec.matrix
     name, seeds, repeats, workloads = spec.name, spec.seeds, spec.repeats, spec.workloads
     b_tokens, b_steps, b_seconds = spec.budget_tokens, spec.budget_steps, spec.budget_seconds
@@ -116,6 +124,55 @@ def expand(spec: ScenarioSpec) -> Scenario:
         if "warmup_frac" in matrix
         else [None]
     )
+
+    def assignments(combo) -> int:
+        count = 1
+        for tname in combo:
+            for values in option_axes.get(tname, {}).values():
+                count *= len(values)
+        return count
+
+    def selector(entry, field_name) -> dict:
+        ck.typed(entry, dict, field_name, "a table")
+        for key in entry:
+            if key not in SELECT_KEYS:
+                raise ck.fail(f"{field_name}.{key}", f"unknown key{suggest(key, SELECT_KEYS)}")
+        sel = dict(entry)
+        if "techniques" in sel:
+            sel["techniques"] = parse_combo(ck, sel["techniques"], f"{field_name}.techniques")
+        if "workload" in sel:
+            ck.workload_name(sel["workload"], f"{field_name}.workload")
+        if "batch_size" in sel:
+            batch_check(sel["batch_size"], f"{field_name}.batch_size")
+        if "lr" in sel:
+            sel["lr"] = lr_check(sel["lr"], f"{field_name}.lr")
+        if "seed" in sel:
+            ck.typed(sel["seed"], int, f"{field_name}.seed", "an integer")
+            if not 0 <= sel["seed"] <= MAX_SEED:
+                raise ck.fail(f"{field_name}.seed", f"must be from 0 to {MAX_SEED}, got {sel['seed']}")
+        return sel
+
+    includes = [
+        selector(entry, f"include[{i}]")
+        for i, entry in enumerate(ck.typed(raw.get("include", []), list, "include", "an array of tables"))
+    ]
+    excludes = [
+        selector(entry, f"exclude[{i}]")
+        for i, entry in enumerate(ck.typed(raw.get("exclude", []), list, "exclude", "an array of tables"))
+    ]
+    limit = MAX_CELLS if max_cells is None else max_cells
+    count = len(workloads) * len(batch_axis) * len(lr_axis) * len(seeds) * repeats
+    count *= sum(assignments(combo) for combo in combos)
+    for sel in includes:
+        count += (
+            assignments(sel.get("techniques", combos[0])) * (1 if "seed" in sel else len(seeds)) * repeats
+        )
+    if count > limit:
+        raise ck.fail(
+            "matrix",
+            f"{count:,} cells, more than the limit of {limit:,} (an extra zero in repeats or an axis?); "
+            f"pass --max-cells {count} to run them all",
+        )
 
     def options_for(combo) -> list[tuple[dict[str, dict[str, Any]], dict[str, Any]]]:
         """All option assignments of a combination (fixed options times the option axes), each with
@@ -174,20 +231,7 @@ def expand(spec: ScenarioSpec) -> Scenario:
                 for repeat in range(repeats):
                     cells.append(make_cell(workload, combo, assignment, seed, repeat, bs, lr, warmup))
 
-    def selector(entry, field_name) -> dict:
-        ck.typed(entry, dict, field_name, "a table")
-        for key in entry:
-            if key not in SELECT_KEYS:
-                raise ck.fail(f"{field_name}.{key}", f"unknown key{suggest(key, SELECT_KEYS)}")
-        sel = dict(entry)
-        if "techniques" in sel:
-            sel["techniques"] = parse_combo(ck, sel["techniques"], f"{field_name}.techniques")
-        if "workload" in sel:
-            ck.workload_name(sel["workload"], f"{field_name}.workload")
-        return sel
-
-    for i, entry in enumerate(ck.typed(raw.get("include", []), list, "include", "an array of tables")):
-        sel = selector(entry, f"include[{i}]")
+    for sel in includes:
         combo = sel.get("techniques", combos[0])
         for assignment in options_for(combo):
             for seed in [sel["seed"]] if "seed" in sel else seeds:
@@ -204,8 +248,7 @@ def expand(spec: ScenarioSpec) -> Scenario:
                         )
                     )
 
-    for i, entry in enumerate(ck.typed(raw.get("exclude", []), list, "exclude", "an array of tables")):
-        sel = selector(entry, f"exclude[{i}]")
+    for sel in excludes:
 
         def matches(c: Cell, sel=sel) -> bool:
             return all(
@@ -222,6 +265,7 @@ def expand(spec: ScenarioSpec) -> Scenario:
     cells = list(unique.values())
     if not cells:
         raise ck.fail("matrix", "no cells: every cell was excluded")
+    cells = stages.link(cells, ck.fail)  # later pipeline stages name the cells they read
 
     tuning = spec.tuning
     if tuning is not None:
@@ -232,10 +276,28 @@ def expand(spec: ScenarioSpec) -> Scenario:
                     f"technique '{tname}' is in no combination of matrix.techniques",
                 )
     if tuning is not None and tuning.external:
+        staged = sorted({c.workload for c in cells if c.inputs or WORKLOADS[c.workload].needs})
+        if staged:
+            # each stage's trials would need their own producer trial; not supported yet
+            raise ck.fail(
+                "tuning",
+                f"the external ruleset cannot tune pipeline stages yet ({', '.join(staged)} read an "
+                'earlier stage\'s model): use ruleset = "defaults" for this scenario',
+            )
         cells = tuning_table.expand(ck, cells, tuning, seeds)
+        if len(cells) > limit:
+            raise ck.fail(
+                "tuning",
+                f"{len(cells):,} trial cells, more than the limit of {limit:,} (trials x studies x "
+                f"configurations); pass --max-cells {len(cells)} to run them all",
+            )
 
     for c in cells:
         cell_view = {**c.view(), "launched": False}
+        try:
+            WORKLOADS[c.workload].validate(cell_view)
+        except ValueError as exc:
+            raise ck.fail("workload", str(exc)) from None
         for tname in c.techniques:
             try:
                 c.technique(tname).validate(cell_view)
@@ -259,7 +321,15 @@ def expand(spec: ScenarioSpec) -> Scenario:
                 f"'{baseline_raw}' is not a configuration of this scenario{suggest(label, set(variants))}",
             )
         baseline = baseline_raw if baseline_raw in variants else label
-    cells = [dataclasses.replace(c, baseline=baseline) for c in cells]
+    cells = [
+        dataclasses.replace(
+            c,
+            baseline=baseline,
+            profile=profiling.for_cell(spec.profile, c.cell_id, c.variant),
+            grid_intensity=spec.grid_intensity,
+        )
+        for c in cells
+    ]
     return Scenario(
         name=name,
         path=path,

@@ -31,6 +31,10 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     [techniques.lion]               # fixed options of a technique
     beta2 = 0.98
 
+    grid_intensity_g_per_kwh = 480  # optional: for the co2_kg estimate (docs/carbon.md)
+    [profile]                       # optional: a profiler trace of each cell, outside the clock
+    steps = 5                       # (plan/profile.py)
+
     [[include]]                     # extra cells (fields: techniques, seed, batch_size, lr, workload)
     [[exclude]]                     # drop cells matching every given field
 
@@ -39,12 +43,21 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     studies = 3
     [tuning.search_space.lion]      # replaces lion's declared search space
     lr = [1e-4, 1e-2]
+
+Limits, each refused with the reason: the file is read only up to `MAX_SCENARIO_BYTES` (a scenario
+is a short text; ``/dev/zero`` is not one); integers must fit TOML's 64 bits and seeds 32 bits (the
+RNGs derive per-rank streams from them); `timeout_s` is at most `MAX_TIMEOUT_S`; no string holds a
+control character; ``device = "cuda"`` needs a CUDA device on this machine. The `name` becomes one
+directory under ``results/`` through `slug`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
+import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +65,21 @@ import tomllib
 
 from benchbed.plan import tuning as tuning_table
 from benchbed.plan.check import ScenarioError, _Checker, suggest
+from benchbed.plan.profile import read_profile
+from benchbed.text import control_characters
 from benchbed.workloads.data import KINDS
+
+#: a scenario file is read up to this size and refused above it
+MAX_SCENARIO_BYTES = 1 << 20
+#: seeds are at most 2**32 - 1: data streams are seeded with seed * 1_000_003 + rank offsets,
+#: which must stay inside torch's 64-bit generator seed
+MAX_SEED = 2**32 - 1
+#: 7 days: a cell is a benchmark run, not a training job; far larger values overflow the timer
+#: (threading's TIMEOUT_MAX, about 292 years, and 1e10 s is past it) and silently disable it
+MAX_TIMEOUT_S = 7 * 24 * 3600
+INT64 = (-(2**63), 2**63 - 1)
+#: the directory name of a scenario: letters, digits, '.', '_' and '-', at most this long
+MAX_SLUG = 80
 
 DEVICES = ("cpu", "cuda", "auto")
 TOP_LEVEL_KEYS = {
@@ -74,10 +101,19 @@ TOP_LEVEL_KEYS = {
     "include",
     "exclude",
     "tuning",
+    "profile",
+    "grid_intensity_g_per_kwh",
 }
 BUDGET_KEYS = {"tokens", "steps", "seconds"}
 DATA_KEYS = {"kind", "path"}
 SELECT_KEYS = {"techniques", "seed", "batch_size", "lr", "workload"}
+
+
+def slug(name: str) -> str:
+    """`name` as one directory name under results/: runs of other characters become '_', and
+    leading dots and underscores go (no '..', no hidden directory); '' if nothing is left."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    return text[:MAX_SLUG].rstrip("._-")
 
 
 def default_scenario_path() -> str:
@@ -122,9 +158,53 @@ class ScenarioSpec:
     matrix: dict[str, Any]
     base_dir: str
     tuning: tuning_table.Tuning | None = None  # None: no [tuning] table (the defaults ruleset)
+    profile: dict[str, Any] = dataclasses.field(default_factory=dict)  # plan/profile.py
+    grid_intensity: float | None = None  # gCO2e/kWh for the co2_kg estimate (measure/carbon.py)
 
     def checker(self) -> _Checker:
         return _Checker(self.path)
+
+
+def _read_bounded(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SCENARIO_BYTES + 1)
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: file: not found") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            f"{path}: file: larger than {MAX_SCENARIO_BYTES >> 20} MiB, which no scenario needs "
+            "(is it the right file?)"
+        )
+    return raw
+
+
+def _check_values(ck: _Checker, value: Any, where: str) -> None:
+    """Every key and string of the parsed file free of control characters, every integer 64-bit."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if control_characters(str(key)):
+                raise ck.fail(repr(inner), "key contains a control character")
+            _check_values(ck, item, inner)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(ck, item, f"{where}[{i}]")
+    elif isinstance(value, str):
+        bad = control_characters(
+            value.replace("\n", "").replace("\t", "") if where == "description" else value
+        )
+        if bad:
+            raise ck.fail(where, f"contains the control character {bad[0]!r}")
+    elif isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        raise ck.fail(where, f"integer {_short(value)} does not fit in 64 bits")
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:6]}...({len(text)} digits)"
 
 
 def read(
@@ -139,37 +219,46 @@ def read(
     changes the file's ruleset the scenario's name gets ``-<ruleset>`` so its results do not mix
     with the file's."""
     ck = _Checker(path)
-    try:
-        with open(path, "rb") as f:
-            raw_bytes = f.read()
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: file: not found") from None
-    except OSError as exc:
-        raise ScenarioError(f"{path}: file: {exc.strerror}") from None
-    text = raw_bytes.decode("utf-8", errors="replace")
+    text = _read_bounded(path).decode("utf-8", errors="replace")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: toml: {exc}") from None
+    except ValueError as exc:  # an integer literal past Python's 4300-digit conversion limit
+        raise ScenarioError(f"{path}: toml: {str(exc).split(';')[0]}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: toml: arrays or tables nested too deeply") from None
+    _check_values(ck, raw, "")
 
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise ck.fail(key, f"unknown key{suggest(key, TOP_LEVEL_KEYS)}")
 
     name = ck.typed(raw.get("name", os.path.splitext(os.path.basename(path))[0]), str, "name", "a string")
+    if not name.strip():
+        raise ck.fail("name", "empty: the name is the results directory under results/")
+    if not slug(name):
+        raise ck.fail("name", f"{name!r} has no letter or digit to name its results directory with")
     description = ck.typed(raw.get("description", ""), str, "description", "a string")
     device = device_override or ck.typed(raw.get("device", "auto"), str, "device", "a string")
     if device not in DEVICES:
         raise ck.fail("device", f"unknown device '{device}' (cpu, cuda, auto){suggest(device, DEVICES)}")
-    if device == "auto":
+    if device in ("auto", "cuda"):
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        has_cuda = torch.cuda.is_available()
+        if device == "cuda" and not has_cuda:
+            where = "--device" if device_override else "device"
+            why = (
+                "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            )
+            raise ck.fail(where, f'\'cuda\', but this machine cannot run it ({why}); use "auto" or "cpu"')
+        device = "cuda" if has_cuda else "cpu"
 
     def int_check(v, f):
         ck.typed(v, int, f, "an integer")
-        if v < 0:
-            raise ck.fail(f, f"must be >= 0, got {v}")
+        if not 0 <= v <= MAX_SEED:
+            raise ck.fail(f, f"must be from 0 to {MAX_SEED} (2**32 - 1), got {_short(v)}")
         return v
 
     seeds = ck.list_of(raw.get("seeds", [0]), "seeds", int_check)
@@ -180,6 +269,12 @@ def read(
         repeats = ck.positive(repeats_override, "--repeat", integer=True)
     stop_at_target = ck.typed(raw.get("stop_at_target", True), bool, "stop_at_target", "true or false")
     timeout_s = ck.positive(raw.get("timeout_s", 1800), "timeout_s")
+    if timeout_s > MAX_TIMEOUT_S:
+        raise ck.fail(
+            "timeout_s",
+            f"at most {MAX_TIMEOUT_S} (7 days), got {timeout_s:g}: far larger values overflow the "
+            "timer and would silently disable the timeout",
+        )
 
     matrix = raw.get("matrix", {})
     ck.typed(matrix, dict, "matrix", "a table")
@@ -230,7 +325,14 @@ def read(
             p = data.get("path")
             if not isinstance(p, str) or not p:
                 raise ck.fail("data.path", "a file or glob pattern is required")
+    grid = raw.get("grid_intensity_g_per_kwh")
+    if grid is not None:
+        ck.typed(grid, (int, float), "grid_intensity_g_per_kwh", "gCO2e per kWh as a number")
+        if not (math.isfinite(grid) and grid >= 0):
+            raise ck.fail("grid_intensity_g_per_kwh", f"must be a finite number >= 0, got {grid!r}")
     return ScenarioSpec(
+        profile=read_profile(ck, raw.get("profile")),
+        grid_intensity=float(grid) if grid is not None else None,
         path=path,
         text=text,
         raw=raw,

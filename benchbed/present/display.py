@@ -224,9 +224,9 @@ def gate_compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) ->
 
 
 def ruleset_mismatches(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> pd.DataFrame:
-    """`benchbed.analyse.gate.ruleset_mismatches`: configurations not compared because the two runs
+    """`benchbed.analyse.tuning.ruleset_mismatches`: configurations not compared because the two runs
     tuned them under different rulesets."""
-    return gate.ruleset_mismatches(baseline_cells, candidate_cells)
+    return tuning.ruleset_mismatches(baseline_cells, candidate_cells)
 
 
 def edge_notes(cells: pd.DataFrame) -> list[str]:

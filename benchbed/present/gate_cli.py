@@ -4,6 +4,12 @@ The verdicts come from ``benchbed.analyse.gate.compare``; this module writes the
 comment (markdown, values by ``benchbed.present.format``), as JSON, and as github-action-benchmark
 entries, and maps them to the exit code: 1 on a regression (or insufficient data under
 ``--strict``), 0 otherwise, 2 on bad input. ``benchbed ab`` shares the options and ``run_gate``.
+
+Every string from the results (workload, device, variant, note) is escaped before it enters the
+markdown (`markdown_text`): a variant named ``<img src=x onerror=...>`` or ``[x](http://...)`` or
+``@team`` shows as text in the pull-request comment, never as HTML, a link or a mention. The output
+files are checked before anything is compared (a directory, a missing folder, no permission), so a
+bad ``--json`` or ``--markdown`` is one line and exit 2 with nothing written.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,12 +30,33 @@ from benchbed.analyse.gate import (
     compare,
     failed,
     load_cells,
-    ruleset_mismatches,
     unmatched,
 )
+from benchbed.analyse.tuning import ranking_cells, ruleset_mismatches
 from benchbed.present.format import NOT_MEASURED, format_value
+from benchbed.text import printable
 
 PROG = "benchbed gate"
+
+
+#: characters that would become markup: HTML ones as entities, markdown punctuation backslash-escaped,
+#: '@' broken by a zero-width space (no mention), ':' as an entity (no autolinked scheme)
+_MARKDOWN_LITERAL = {
+    **{c: "\\" + c for c in "\\`*_{}[]()#+-.!|~"},
+    "&": "&amp;",
+    "<": "&lt;",
+    ">": "&gt;",
+    '"': "&quot;",
+    "'": "&#39;",
+    ":": "&#58;",
+    "@": "@\u200b",
+}
+
+
+def markdown_text(value) -> str:
+    """`value` as literal text in a GitHub markdown table cell: no HTML, link, emphasis, mention or
+    cell break can come out of it; line breaks and control characters become spaces."""
+    return "".join(_MARKDOWN_LITERAL.get(c, c) if c.isprintable() else " " for c in str(value))
 
 
 def _format_value(value, metric: str) -> str:
@@ -63,9 +91,10 @@ def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = 
         ratio = "" if math.isnan(row.ratio) else f"{row.ratio:.3f}"
         p_value = "" if math.isnan(row.p_value) else f"{row.p_value:.3g}"
         verdict = f"**{row.verdict}**" if row.verdict in ("regression", "suspicious") else row.verdict
-        note = str(row.note).replace("|", "/")
+        note = markdown_text(row.note)
+        workload, device, variant = (markdown_text(v) for v in (row.workload, row.device, row.variant))
         lines.append(
-            f"| {row.workload} | {row.device} | {row.variant} | {row.ruleset} | {row.metric} | "
+            f"| {workload} | {device} | {variant} | {markdown_text(row.ruleset)} | {row.metric} | "
             f"{_format_value(row.baseline_value, row.metric)} | {_format_value(row.candidate_value, row.metric)} | "
             f"{ratio} | {p_value} | {verdict} | {note} |"
         )
@@ -168,6 +197,12 @@ def add_gate_options(parser: argparse.ArgumentParser) -> None:
     )
     options.add_argument("--strict", action="store_true", help="insufficient data fails the gate")
     options.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="a configuration of the baseline missing from the candidate is insufficient data, not a "
+        "regression (for configurations removed on purpose)",
+    )
+    options.add_argument(
         "--markdown", metavar="FILE", help="write the markdown table here instead of printing it"
     )
     options.add_argument("--json", metavar="FILE", help="write the full report as JSON")
@@ -182,18 +217,64 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare a candidate's results with a baseline's; exit 1 on a regression.",
         epilog="Exit codes: 0 no regression, 1 regression (or insufficient data under --strict), 2 bad input.",
     )
-    parser.add_argument("baseline_dir", help="results directory of the baseline (e.g. main)")
-    parser.add_argument("candidate_dir", help="results directory of the candidate (e.g. the pull request)")
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="BASELINE_DIR CANDIDATE_DIR (e.g. main's results, then the pull request's); "
+        "only CANDIDATE_DIR with --baseline-history",
+    )
+    history = parser.add_argument_group("baseline from history")
+    history.add_argument(
+        "--baseline-history",
+        nargs="+",
+        metavar="DIR",
+        help="results directories (or folders of them) of earlier runs; the baseline pools the last --last of them",
+    )
+    history.add_argument(
+        "--last", type=int, default=5, metavar="N", help="runs the baseline pools (default 5)"
+    )
+    history.add_argument("--branch", help="only runs of this branch (run.json env.git_branch), e.g. main")
     add_gate_options(parser)
     return parser
 
 
+def check_output(path: str | None, flag: str) -> None:
+    """GateInputError unless `path` can be written: not a directory, its folder exists and is writable."""
+    if not path:
+        return
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise GateInputError(f"{flag}: {path}: is a directory")
+    if not parent.is_dir():
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise GateInputError(f"{flag}: {path}: {parent} {why}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise GateInputError(f"{flag}: {path}: not writable")
+
+
+def _write_outputs(outputs: list[tuple[str, str, str]]) -> None:
+    for flag, path, text in outputs:
+        try:
+            Path(path).write_text(text)
+        except OSError as exc:
+            raise GateInputError(f"{flag}: {path}: cannot write ({exc.strerror or exc})") from None
+
+
 def run_gate(
-    args: argparse.Namespace, baseline_dir: str | Path, candidate_dir: str | Path, prog: str = PROG
+    args: argparse.Namespace,
+    baseline_dir: str | Path,
+    candidate_dir: str | Path,
+    prog: str = PROG,
+    baseline_cells: pd.DataFrame | None = None,
 ) -> int:
-    """Load, compare, write the outputs named in ``args``; the exit code (0, 1 or 2)."""
+    """Load, compare, write the outputs named in ``args``; the exit code (0, 1 or 2). Given
+    ``baseline_cells`` (pooled from history), ``baseline_dir`` is only its label."""
     try:
-        baseline_cells = load_cells(baseline_dir)
+        for flag in ("markdown", "json", "benchmark_action"):
+            check_output(getattr(args, flag, None), "--" + flag.replace("_", "-"))
+        baseline_cells = load_cells(baseline_dir) if baseline_cells is None else baseline_cells
         candidate_cells = load_cells(candidate_dir)
         thresholds = {
             "time_threshold": args.time_threshold,
@@ -207,9 +288,9 @@ def run_gate(
         for name, value in thresholds.items():
             if not (value >= 0 and math.isfinite(value)):
                 raise GateInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
-        comparison = compare(baseline_cells, candidate_cells, GateThresholds(**thresholds))
+        missing = unmatched(baseline_cells, candidate_cells)
         mismatched = ruleset_mismatches(baseline_cells, candidate_cells)
-        if comparison.empty:
+        if set(ranking_cells(baseline_cells)["config_key"].dropna()) <= set(missing["baseline_only"]):
             why = (
                 f"; {len(mismatched)} ran under a different tuning ruleset on each side "
                 "(defaults and external are never compared)"
@@ -217,23 +298,28 @@ def run_gate(
                 else ""
             )
             raise GateInputError(
-                f"{candidate_dir}: no cells in common with {baseline_dir} (matched by config_key){why}"
+                f"{candidate_dir}: no cells in common with {baseline_dir} "
+                f"(matched by config_key on the same host kind: GPU name or CPU model){why}"
             )
+        comparison = compare(
+            baseline_cells,
+            candidate_cells,
+            GateThresholds(**thresholds),
+            allow_missing=getattr(args, "allow_missing", False),
+        )
     except GateInputError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
+        print(f"{prog}: {printable(str(error))}", file=sys.stderr)
         return 2
     markdown = to_markdown(comparison, strict=args.strict)
-    missing = unmatched(baseline_cells, candidate_cells)
-    if missing["baseline_only"] or missing["candidate_only"]:
+    if missing["candidate_only"] or missing["other_host_kind"]:
         markdown += (
-            f"\nNot compared: {len(missing['baseline_only'])} configuration(s) only in the baseline, "
-            f"{len(missing['candidate_only'])} only in the candidate.\n"
+            f"\nNot compared: {len(missing['candidate_only'])} configuration(s) only in the candidate, "
+            f"{len(missing['other_host_kind'])} run on different host kinds (GPU name / CPU model).\n"
         )
     markdown += ruleset_note(mismatched)
+    outputs = []
     if args.markdown:
-        Path(args.markdown).write_text(markdown)
-    else:
-        print(markdown, end="")
+        outputs.append(("--markdown", args.markdown, markdown))
     if args.json:
         extra = {
             "baseline_dir": str(baseline_dir),
@@ -243,9 +329,17 @@ def run_gate(
             "ruleset_mismatches": mismatched.to_dict(orient="records"),
         }
         report = to_json(comparison, strict=args.strict, extra=extra)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        outputs.append(("--json", args.json, json.dumps(report, indent=2, default=str) + "\n"))
     if args.benchmark_action:
-        Path(args.benchmark_action).write_text(json.dumps(to_benchmark_action(comparison), indent=2) + "\n")
+        text = json.dumps(to_benchmark_action(comparison), indent=2) + "\n"
+        outputs.append(("--benchmark-action", args.benchmark_action, text))
+    try:
+        _write_outputs(outputs)
+    except GateInputError as error:
+        print(f"{prog}: {printable(str(error))}", file=sys.stderr)
+        return 2
+    if not args.markdown:
+        print(markdown, end="")
     return 1 if failed(comparison, strict=args.strict) else 0
 
 
@@ -261,15 +355,31 @@ def ruleset_note(mismatched: pd.DataFrame) -> str:
     ]
     for row in mismatched.itertuples(index=False):
         lines.append(
-            f"- {row.workload} | {row.device} | {row.variant}: baseline {row.baseline_ruleset}, "
-            f"candidate {row.candidate_ruleset}"
+            f"- {markdown_text(row.workload)} | {markdown_text(row.device)} | {markdown_text(row.variant)}: "
+            f"baseline {markdown_text(row.baseline_ruleset)}, candidate {markdown_text(row.candidate_ruleset)}"
         )
     return "\n".join(lines) + "\n"
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_gate(args, args.baseline_dir, args.candidate_dir)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.baseline_history:
+        if len(args.dirs) != 2:
+            parser.error("give BASELINE_DIR and CANDIDATE_DIR (or CANDIDATE_DIR with --baseline-history)")
+        return run_gate(args, args.dirs[0], args.dirs[1])
+    if len(args.dirs) != 1:
+        parser.error("with --baseline-history give only CANDIDATE_DIR (after --last N, or before the option)")
+    from benchbed.analyse.history import HistoryError, baseline_cells, result_dirs
+
+    try:
+        cells, chosen = baseline_cells(result_dirs(args.baseline_history), args.last, args.branch)
+    except HistoryError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
+    label = f"the last {len(chosen)} run(s)" + (f" of {args.branch}" if args.branch else "")
+    print(f"{PROG}: baseline: {label}: {', '.join(chosen['label'])}", file=sys.stderr)
+    return run_gate(args, label, args.dirs[0], baseline_cells=cells)
 
 
 if __name__ == "__main__":  # pragma: no cover

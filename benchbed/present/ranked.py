@@ -1,11 +1,13 @@
 """The ranked table ``benchbed run`` prints when a scenario is done.
 
-One row per combination in ``benchbed.analyse.tables.leaderboard`` order, each labelled with the
-tuning ruleset that produced it (``external``: median over studies of each study's best trial;
-``defaults``: median over seeds at paper defaults) and its tuning cost (trials run, and the sums of
-their training time and energy); below the table, the values each study's winning trial was tuned
-to. Every value is written by ``benchbed.present.format`` (times in seconds, energy in joules,
-memory in GiB).
+One row per combination in ``benchbed.analyse.tables.leaderboard`` order, ranked by ``rank_by``
+(time to target by default; any of ``benchbed.analyse.tables.METRICS``, e.g. the memory columns
+``saved_activation_bytes`` or ``optimizer_state_bytes``, which then get a column of their own), each
+labelled with the tuning ruleset that produced it (``external``: median over studies of each study's
+best trial; ``defaults``: median over seeds at paper defaults) and its tuning cost (trials run, and
+the sums of their training time and energy); below the table, the values each study's winning trial
+was tuned to. Every value is written by ``benchbed.present.format`` (times in seconds, energy in
+joules, memory in GiB).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from rich.text import Text
 
 from benchbed.analyse.tables import leaderboard
 from benchbed.analyse.tuning import edge_winners
-from benchbed.present.format import NOT_MEASURED, format_tuned, format_value
+from benchbed.present.figures.common import METRICS as LABELS
+from benchbed.present.format import NOT_MEASURED, format_tuned, format_value, memory_label
 
 #: heading -> leaderboard column shown under it (None: built from several columns)
 COLUMNS = {
@@ -42,10 +45,22 @@ CAPTION = (
 )
 
 
-def print_ranked_table(cells, title: str) -> None:
-    board = leaderboard(cells)
-    table = Table(title=title, caption=CAPTION)
-    for heading in COLUMNS:
+def columns_for(rank_by: str) -> dict[str, str | None]:
+    """The table's headings: the default ones, plus the ranked metric (after "reached") when it is
+    not among them."""
+    if rank_by in COLUMNS.values():
+        return dict(COLUMNS)
+    label = memory_label(LABELS[rank_by][0]) if rank_by in LABELS else rank_by
+    items = list(COLUMNS.items())
+    after = list(COLUMNS).index("reached") + 1
+    return dict(items[:after] + [(label, rank_by)] + items[after:])
+
+
+def print_ranked_table(cells, title: str, rank_by: str = "time_to_target_s") -> None:
+    board = leaderboard(cells, rank_by)
+    headings = columns_for(rank_by)
+    table = Table(title=title, caption=f"ranked by {rank_by}; {CAPTION}")
+    for heading in headings:
         left = heading in ("variant", "statuses")
         widest = (
             int(board["variant"].astype(str).str.len().max()) if heading == "variant" and len(board) else None
@@ -53,17 +68,21 @@ def print_ranked_table(cells, title: str) -> None:
         table.add_column(heading, justify="left" if left else "right", no_wrap=True, min_width=widest)
     for _, r in board.iterrows():
         # a target never reached is +inf in the leaderboard: a gap there is "not measured"
-        metrics = ["time_to_target_s", "tokens_to_target", "energy_to_target_j", "peak_mem_bytes"]
-        costs = ["tuning_cost_s", "tuning_cost_j"]
+        built = {
+            "rank": str(r["rank"]),
+            "variant": Text(str(r["variant"])),  # Text: "[rule=sqrt]" in a variant is not rich markup
+            "ruleset": str(r.get("ruleset") or "defaults"),
+            "reached": f"{r['n_reached']}/{r['n_cells']}",
+            "trials": format_value(r.get("n_trials"), "n_trials", missing=NOT_MEASURED),
+            "statuses": str(r.get("status_counts", "")),
+        }
         table.add_row(
-            str(r["rank"]),
-            Text(str(r["variant"])),  # Text: "[rule=sqrt]" in a variant is not rich markup
-            str(r.get("ruleset") or "defaults"),
-            f"{r['n_reached']}/{r['n_cells']}",
-            *(format_value(r.get(c), c, missing=NOT_MEASURED) for c in metrics),
-            format_value(r.get("n_trials"), "n_trials", missing=NOT_MEASURED),
-            *(format_value(r.get(c), c, missing=NOT_MEASURED) for c in costs),
-            str(r.get("status_counts", "")),
+            *(
+                built[heading]
+                if column is None
+                else format_value(r.get(column), column, missing=NOT_MEASURED)
+                for heading, column in headings.items()
+            )
         )
     console = Console(width=max(220, Console().width))
     console.print(table)

@@ -17,9 +17,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 #: how a cell can end
-STATUSES = ("reached", "budget_exhausted", "diverged", "oom", "error", "timeout")
+STATUSES = ("reached", "budget_exhausted", "diverged", "oom", "error", "timeout", "killed")
 DONE_STATUSES = ("reached", "budget_exhausted", "diverged")  # a rerun would give the same outcome
-FAILED_STATUSES = ("oom", "error", "timeout")
+#: the cell produced no measurement: `benchbed run` exits 1, `--retry-failed` runs them again
+FAILED_STATUSES = ("oom", "error", "timeout", "killed")
+#: stopped from outside (a signal nobody inside the cell sent, without a sign of memory exhaustion):
+#: says nothing about the cell, so even a plain resume runs it again
+RERUN_STATUSES = ("killed",)
 ENERGY_SOURCES = ("nvml_counter", "nvml_power_integral", "rapl", "unavailable")
 
 
@@ -28,7 +32,7 @@ class Column:
     name: str
     kind: str  # str | int | float | bool (JSON strings are kind str, named *_json)
     meaning: str
-    group: str  # identity | outcome | timing | energy | memory | model | provenance
+    group: str  # identity | budget | outcome | stages | timing | energy | memory | model | provenance
 
     @property
     def empty(self) -> Any:
@@ -76,9 +80,17 @@ CELL_COLUMNS: list[Column] = [
         """,
     ),
     *_columns(
+        "budget",
+        """
+        global_batch_size  int  sequences trained per optimizer step over all processes (world_size x batch_size)
+        world_size  int  processes training together (data parallelism)
+        lr_rule  str  learning-rate rule applied for the cell's batch: none | linear | sqrt (lr_scaling, data_parallel)
+        """,
+    ),
+    *_columns(
         "outcome",
         """
-        status  str  reached | budget_exhausted | diverged | oom | error | timeout
+        status  str  reached | budget_exhausted | diverged | oom | error | timeout | killed
         error  str  why a cell failed or diverged (None otherwise)
         loss_floor  float  the data's exact loss floor in nats where known, NaN otherwise
         final_val_loss  float  validation loss at the last evaluation
@@ -88,17 +100,33 @@ CELL_COLUMNS: list[Column] = [
         steps_to_target  float  optimizer steps by then
         energy_to_target_j  float  energy inside the training windows by then
         steps  float  optimizer steps taken
-        tokens  float  tokens trained on
+        tokens  float  tokens trained on over all processes (the selected batch under importance sampling)
+        """,
+    ),
+    *_columns(
+        "stages",
+        """
+        base_key  str  the pretrained base the cell fine-tuned (workload-hash), None without one
+        base_reused  bool  the base came from the results directory's cache (False: this cell pretrained it)
+        pretrain_time_s  float  one-off training time of the base (shared by every cell with this base_key; not in time_to_target_s)
+        pretrain_energy_j  float  one-off training energy of the base (as pretrain_time_s; NaN where not measured)
+        pretrain_tokens  float  tokens the base was pretrained on
+        stage_inputs_json  str  the earlier stages this cell read: workload -> their cell, status, time and energy to target (JSON)
+        pipeline_time_to_target_s  float  time to target of this stage plus every earlier stage's (NaN if one did not reach its target)
+        pipeline_energy_to_target_j  float  energy to target summed the same way
+        reward_accuracy  float  reward model: accuracy on held-out ranked pairs at the last evaluation
+        mean_true_reward  float  policy: mean hidden (true) reward of its samples at the last evaluation
+        kl_to_reference  float  policy: KL(policy || reference) per response in nats at the last evaluation
         """,
     ),
     *_columns(
         "timing",
         """
-        train_time_s  float  time inside training steps (evaluation and the first step excluded)
-        eval_time_s  float  time spent evaluating
-        warmup_time_s  float  time of the first step (lazy initialisation, compilation)
+        train_time_s  float  time inside training steps, every step included (evaluation excluded)
+        eval_time_s  float  time spent evaluating (float32 for every cell)
+        warmup_time_s  float  time of the untimed warm-up step, the same for every cell and undone (lazy initialisation, compilation)
         wall_time_s  float  wall time of the cell process from start to its row
-        tokens_per_s  float  training throughput after the first step
+        tokens_per_s  float  tokens trained per second of training time
         started_at  str  UTC start time (ISO 8601)
         finished_at  str  UTC finish time (ISO 8601)
         sample_count  float  telemetry samples taken
@@ -118,6 +146,8 @@ CELL_COLUMNS: list[Column] = [
         idle_power_w  float  device power at idle, measured before the first cell
         net_energy_j  float  energy minus idle power times window time
         power_source  str  the power reading used
+        grid_intensity_g_per_kwh  float  grid carbon intensity co2_kg assumes (gCO2e/kWh; docs/carbon.md)
+        co2_kg  float  ESTIMATE: energy_j x grid_intensity_g_per_kwh (NaN where energy is not measured)
         telemetry_window_s  float  total time inside the training windows
         sensor_errors  str  sensors that failed and why ('' when none)
         """,
@@ -127,9 +157,13 @@ CELL_COLUMNS: list[Column] = [
         """
         peak_mem_bytes  float  CUDA allocator peak on a GPU, peak RSS of the cell on the CPU
         mem_source  str  cuda_max_allocated | nvml_used | ru_maxrss | unavailable
-        max_memory_reserved_bytes  float  CUDA caching-allocator reserved peak
+        max_memory_reserved_bytes  float  CUDA caching-allocator reserved peak (includes blocks cached for the measurement replicas of sampled steps)
         peak_rss_bytes  float  peak resident set of the cell's process
         nvml_peak_used_bytes  float  highest device memory in use seen by NVML
+        saved_activation_bytes  float  peak bytes saved for backward in a step (distinct storages, parameters excluded; counted steps)
+        param_bytes  float  bytes of the model's parameters (distinct storages)
+        grad_bytes  float  bytes of the gradients after a step's backward (counted steps, largest)
+        optimizer_state_bytes  float  bytes of the optimizer's state tensors (counted steps, largest)
         """,
     ),
     *_columns(
@@ -137,8 +171,12 @@ CELL_COLUMNS: list[Column] = [
         """
         params  float  parameters of the trained model
         trainable_params  float  parameters that require gradients
-        flops_per_token  float  training FLOPs per token by the workload's formula
-        mfu  float  model FLOPs utilisation against the device's dense bf16 peak (NaN on CPUs)
+        flops_per_token  float  training FLOPs per token by the workload's formula (6N + 12 L d T for GPTs), for comparison
+        model_flops_per_token  float  counted FLOPs per trained token of the model's forward and backward (useful work)
+        hardware_flops_per_token  float  counted FLOPs per trained token of everything executed (recompute, extra passes)
+        flops_counted_steps  str  the steps whose FLOPs and memory were counted (JSON list)
+        mfu  float  model FLOPs utilisation: model_flops_per_token x tokens/s over the dense bf16 peak of world_size devices (NaN on CPUs)
+        hfu  float  hardware FLOPs utilisation: the same with hardware_flops_per_token (NaN on CPUs)
         effective_lr  float  peak learning rate the optimizer used (its first parameter group)
         effective_weight_decay  float  weight decay of the optimizer's first parameter group
         effective_betas  str  the optimizer's betas (or momentum) as JSON, None where it has none
@@ -147,10 +185,12 @@ CELL_COLUMNS: list[Column] = [
     *_columns(
         "provenance",
         """
-        device_name  str  GPU name, or the CPU's
+        device_name  str  GPU name, or the CPU model: the host kind the gate matches cells by
+        host  str  name of the machine the cell ran on (several with a Ray cluster or shards)
         data_fingerprint  str  hash of the data the cell trained on
         git_sha  str  commit of the benchbed that ran the cell
         torch_version  str  torch version of the cell
+        threads  int  torch intra-op threads the cell trained with (curves are bitwise-reproducible only at a fixed count)
         run_extra  str  notes techniques left for the results (JSON)
         """,
     ),
@@ -213,6 +253,11 @@ def failure_row(known: dict[str, Any], status: str, error: str | None) -> dict[s
     return new_row(**known) | {"status": status, "error": error}
 
 
+def escape(text: str) -> str:
+    """A table cell's text: a '|' would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def markdown() -> str:
     """The column tables of docs/contracts.md (``python -m benchbed.results.schema`` prints them)."""
     lines = []
@@ -222,7 +267,7 @@ def markdown() -> str:
         ("telemetry.parquet (plus one column per sampled quantity)", TELEMETRY_COLUMNS),
     ):
         lines += [f"#### {title}", "", "| column | type | group | meaning |", "|---|---|---|---|"]
-        lines += [f"| `{c.name}` | {c.kind} | {c.group} | {c.meaning} |" for c in columns]
+        lines += [f"| `{c.name}` | {c.kind} | {c.group} | {escape(c.meaning)} |" for c in columns]
         lines.append("")
     return "\n".join(lines)
 

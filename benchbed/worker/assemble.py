@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchbed.techniques.base import Technique
+from benchbed.techniques.base import Technique, TechniqueError
 from benchbed.worker.context import RunSettings, TrainContext
 from benchbed.workloads import Workload
 
@@ -42,6 +42,22 @@ def run_settings(workload: Workload, device: torch.device, **overrides) -> RunSe
     return RunSettings(**settings)
 
 
+def configure(techniques: list[Technique], run: RunSettings) -> None:
+    """Each technique's `configure`, in order; a technique that changed the batch (per-process
+    batch, process count, pool) without declaring it through `run.change_batch` is refused, so every
+    batch change and its learning-rate rule is on the record."""
+    for t in techniques:
+        before, declared = run.batch_shape(), len(run.batch_changes)
+        t.configure(run)
+        if run.batch_shape() != before and not any(
+            change["by"] == t.name for change in run.batch_changes[declared:]
+        ):
+            raise TechniqueError(
+                f"techniques.{t.name}: configure changed the batch {before} -> {run.batch_shape()} "
+                "without run.change_batch(...) (which records it and its learning-rate rule)"
+            )
+
+
 def build(ctx: TrainContext) -> None:
     """Model and optimizer through the technique lifecycle (wrappers last)."""
     run = ctx.run
@@ -51,16 +67,7 @@ def build(ctx: TrainContext) -> None:
     ordered = [t for t in ctx.techniques if not t.wraps_model] + [t for t in ctx.techniques if t.wraps_model]
     for t in ordered:
         ctx.model = t.build_model(ctx.model, ctx)
-    params = [p for p in ctx.model.parameters() if p.requires_grad]
-    for t in ctx.techniques:
-        opt = t.build_optimizer(params, ctx)
-        if opt is not None:
-            ctx.optimizer = opt
-            break
-    if ctx.optimizer is None:
-        raise RuntimeError("no technique supplied an optimizer (the runner adds adamw by default)")
-    for group in ctx.optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
+    ctx.make_optimizer()
     if run.grad_scaling:
         ctx.scaler = torch.amp.GradScaler(run.device.type)
 
@@ -73,8 +80,7 @@ def build_context(
     if cell_view is not None:
         for t in techniques:
             t.validate(cell_view)
-    for t in techniques:
-        t.configure(run)
+    configure(techniques, run)
     ctx = TrainContext(run, workload, techniques)
     build(ctx)
     return ctx

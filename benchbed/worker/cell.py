@@ -10,18 +10,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
+import socket
 import time
 import traceback
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from benchbed.measure.flops import mfu
+from benchbed.measure import carbon
+from benchbed.measure.flops import utilisation
+from benchbed.measure.machine import cpu_model
+from benchbed.measure.memory import storage_bytes
 from benchbed.measure.telemetry import Telemetry
 from benchbed.plan import Cell
 from benchbed.results.schema import CURVE_COLUMN_NAMES, new_row, now_iso
-from benchbed.worker.assemble import build, default_device, run_settings
+from benchbed.worker import artifacts
+from benchbed.worker.assemble import build, configure, default_device, run_settings
 from benchbed.worker.context import TrainContext
 from benchbed.worker.loop import seed_everything, train
 from benchbed.workloads import WORKLOADS
@@ -55,20 +60,14 @@ def identity_row(spec: dict) -> dict:
         run_id=spec.get("run_id"),
         git_sha=spec.get("git_sha"),
         torch_version=torch.__version__,
+        threads=torch.get_num_threads(),
         started_at=now_iso(),
     )
 
 
-def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Run one cell in this process: (cells row, curves frame, telemetry frame)."""
-    wall0 = time.perf_counter()
-    row = identity_row(spec)
-    cell = Cell.from_spec(spec)
-    device = default_device(cell.device)
-    seed_everything(cell.seed, device)
-    workload = WORKLOADS[cell.workload].with_data(cell.data, cell.base_dir)
-    techniques = [cell.technique(n) for n in cell.techniques]
-    run = run_settings(
+def cell_run_settings(cell: Cell, workload, device: torch.device):
+    """The run settings of a cell (the train loop's, and the profiler's short run of the same cell)."""
+    return run_settings(
         workload,
         device,
         seed=cell.seed,
@@ -84,16 +83,36 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         rank=int(os.environ.get("RANK", "0")),
     )
+
+
+def train_cell(
+    spec: dict, emit=lambda event: None, out_dir: Path | None = None
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Run one cell in this process: (cells row, curves frame, telemetry frame). `out_dir` is the
+    results directory, where pretrained bases and stage checkpoints live (worker/artifacts.py)."""
+    wall0 = time.perf_counter()
+    row = identity_row(spec)
+    cell = Cell.from_spec(spec)
+    device = default_device(cell.device)
+    seed_everything(cell.seed, device)
+    workload = WORKLOADS[cell.workload].with_data(cell.data, cell.base_dir)
+    artifacts_dir = None if out_dir is None else Path(out_dir) / "artifacts"
+    # inputs first (a missing stage fails before anything trains), then the base (off the clock)
+    input_paths, input_metas = artifacts.stage_inputs(cell, artifacts_dir)
+    base = artifacts.ensure_base(workload, device, artifacts_dir) if workload.base is not None else None
+    if base is not None or input_paths:
+        workload = workload.with_inputs(base.path if base else None, input_paths)
+        row.update(base.columns() if base else {})
+        seed_everything(cell.seed, device)
+    techniques = [cell.technique(n) for n in cell.techniques]
+    run = cell_run_settings(cell, workload, device)
     view = {**cell.view(), "device": device.type, "launched": True}
     for t in techniques:
         t.validate(view)
-    for t in techniques:
-        t.configure(run)
-    row["device_name"] = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
+    configure(techniques, run)
+    # the host kind the gate matches cells by: the GPU's name, or the CPU's model
+    row["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    row["host"] = socket.gethostname()
     data = workload.make_data()
     if data.loss_floor is not None:
         row["loss_floor"] = float(data.loss_floor)
@@ -120,6 +139,9 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
         traceback.print_exc()
     finally:
         summary = telemetry.stop()
+    measured = outcome.pop("measured", {})
+    if "cuda_peak_allocated_bytes" in measured and summary.get("mem_source") == "cuda_max_allocated":
+        summary["peak_mem_bytes"] = measured["cuda_peak_allocated_bytes"]  # the replicas' copies left out
     curves = pd.DataFrame(outcome.pop("curves", []))
     if len(curves):
         curves.insert(0, "cell_id", cell.cell_id)
@@ -130,15 +152,51 @@ def train_cell(spec: dict, emit=lambda event: None) -> tuple[dict, pd.DataFrame,
     row.update(summary)
     row["error"] = outcome.get("error")
     model = ctx.model
-    flops_per_token = workload.flops_per_token(model)
+    intensity, _ = carbon.grid_intensity(cell.grid_intensity)
+    row["grid_intensity_g_per_kwh"] = intensity
+    row["co2_kg"] = carbon.co2_kg(row.get("energy_j"), intensity)  # an estimate; NaN without energy
+    row.update(workload.result_columns(model))
+    row.update(artifacts.pipeline_columns(row, input_metas))
+    if workload.saves_checkpoint and artifacts_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        artifacts.save_stage(model, cell, artifacts_dir, row)
+    row.update(measured_columns(ctx, workload, measured, row["steps"], row["tokens_per_s"]))
     row.update(
-        params=sum(p.numel() for p in model.parameters()),
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        flops_per_token=flops_per_token,
-        mfu=mfu(flops_per_token, row["tokens_per_s"], device),
         wall_time_s=time.perf_counter() - wall0,
         finished_at=now_iso(),
-        run_extra=json.dumps(run.extra, default=str),
+        run_extra=json.dumps({**run.extra, "batch_changes": run.batch_changes}, default=str),
         **effective_hyperparameters(ctx.optimizer),
     )
     return row, curves[CURVE_COLUMN_NAMES], telemetry.samples()
+
+
+def measured_columns(ctx: TrainContext, workload, measured: dict, steps: float, tokens_per_s: float) -> dict:
+    """Batch, FLOPs and memory columns of a cell: the budget unit, the counted FLOPs per token with
+    MFU/HFU, and the bytes of parameters, gradients, optimizer state and saved activations."""
+    run, model = ctx.run, ctx.model
+    nan = math.nan
+    cols = {
+        "global_batch_size": run.global_batch_size,
+        "world_size": run.world_size,
+        "lr_rule": run.lr_rule,
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "param_bytes": float(storage_bytes(model.parameters())),
+        "flops_per_token": workload.flops_per_token(model),
+    }
+    sampler = measured.get("sampler")
+    steps_taken = int(steps) if isinstance(steps, (int, float)) and math.isfinite(steps) else 0
+    model_fpt, hardware_fpt = sampler.per_token(steps_taken) if sampler is not None else (nan, nan)
+    counted = sampler is not None and bool(sampler.counts)
+    cols.update(
+        model_flops_per_token=model_fpt,
+        hardware_flops_per_token=hardware_fpt,
+        flops_counted_steps=json.dumps(sampler.steps) if counted else None,
+        mfu=utilisation(model_fpt, tokens_per_s, run.device, run.world_size),
+        hfu=utilisation(hardware_fpt, tokens_per_s, run.device, run.world_size),
+        saved_activation_bytes=float(measured["saved_activation_bytes"]) if counted else nan,
+        grad_bytes=float(measured["grad_bytes"]) if counted else nan,
+        optimizer_state_bytes=float(measured["optimizer_state_bytes"]) if counted else nan,
+    )
+    if measured.get("errors"):
+        run.extra["measure_errors"] = measured["errors"]
+    return cols

@@ -1,22 +1,35 @@
 """What techniques see: the run settings and the train context with its step primitives.
 
 `RunSettings` is what `Technique.configure(run)` may change (precision, batch size, learning rate,
-process count); `TrainContext` holds the model, optimizer, loss and the primitives techniques compose
-(SAM calls `forward_backward` twice, then `optimizer_step`); `compose_step` chains the techniques'
-`train_step` wrappers around `default_step`. The loss is the workload's unless a technique replaces
-`ctx.loss_fn`.
+process count); a technique that changes the batch says so through `RunSettings.change_batch`, which
+records the change and the learning-rate rule it applied. `TrainContext` holds the model, optimizer,
+loss and the primitives techniques compose (SAM calls `forward_backward` twice, then
+`optimizer_step`); `compose_step` chains the techniques' `train_step` wrappers around `default_step`.
+The loss is the workload's unless a technique replaces `ctx.loss_fn`.
+
+The budget unit is the same for every cell: tokens actually trained on, over all processes
+(``world_size x batch_size x seq_len`` per step; for a technique that selects its batch from a
+larger pool, the selected batch, the pool's reading and scoring still on the clock).
+
+Measurement seams techniques use (no-ops unless the worker is measuring a sampled step, see
+``benchbed.measure``): `extra_work()` marks work that is not the model's forward and backward of
+the step (SAM's ascent pass, SNIP's scoring, importance-sampling scores), `recompute()` marks a
+rematerialisation (activation checkpointing), `hold_for_backward(t)` names a tensor kept alive for
+backward outside autograd's saved tensors (a checkpoint's inputs), `count_opaque_flops(n)` reports
+the FLOPs of a kernel the counter cannot see (a Triton launch).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from benchbed.measure import flops, memory
 from benchbed.techniques.base import Technique
 from benchbed.workloads import Batch, Workload
 
@@ -45,11 +58,66 @@ class RunSettings:
     grad_scaling: bool = False  # fp16 needs a GradScaler; bf16 does not
     world_size: int = 1  # processes training together (data parallelism); tokens count all of them
     rank: int = 0
+    # sequences read per step and process when a technique trains on a selection from a larger pool
+    # (importance sampling); None: batch_size. Only the trained (selected) batch counts against the budget.
+    read_batch_size: int | None = None
+    lr_rule: str = "none"  # the learning-rate rule applied for a changed batch (recorded as `lr_rule`)
+    batch_changes: list[dict[str, Any]] = field(default_factory=list)  # who changed the batch, how
     extra: dict[str, Any] = field(default_factory=dict)  # technique-to-loop notes, recorded in results
 
     @property
+    def global_batch_size(self) -> int:
+        """Sequences trained per optimizer step over all processes."""
+        return self.batch_size * self.world_size
+
+    @property
+    def loaded_batch_size(self) -> int:
+        """Sequences read per step by each process (the pool of a selecting technique)."""
+        return self.read_batch_size if self.read_batch_size is not None else self.batch_size
+
+    @property
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
+        """Tokens trained per optimizer step over all processes: the budget's unit."""
+        return self.global_batch_size * self.seq_len
+
+    def batch_shape(self) -> tuple[int, int, int | None]:
+        return (self.batch_size, self.world_size, self.read_batch_size)
+
+    def change_batch(
+        self,
+        by: str,
+        *,
+        batch_size: int | None = None,
+        world_size: int | None = None,
+        read_batch_size: int | None = None,
+        lr_rule: str = "none",
+    ) -> None:
+        """The one way `configure` changes the batch: the trained batch per process, the process
+        count, or the pool read per step; `lr_rule` names the learning-rate rule the technique applied
+        for it ("none" when it left the learning rate alone). Recorded in the results (`lr_rule`,
+        `global_batch_size`, `world_size`, and `run_extra.batch_changes`); a technique that changes
+        the batch without saying so is refused when the cell is assembled."""
+        before = {
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "read_batch_size": self.read_batch_size,
+        }
+        if batch_size is not None:
+            self.batch_size = batch_size
+        if world_size is not None:
+            self.world_size = world_size
+        if read_batch_size is not None:
+            self.read_batch_size = read_batch_size
+        after = {
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "read_batch_size": self.read_batch_size,
+        }
+        if lr_rule != "none":
+            self.lr_rule = lr_rule if self.lr_rule == "none" else f"{self.lr_rule}+{lr_rule}"
+        self.batch_changes.append(
+            {"by": by, "before": before, "after": after, "lr_rule": lr_rule, "lr": self.lr}
+        )
 
     @property
     def total_steps(self) -> int | None:
@@ -80,6 +148,35 @@ class TrainContext:
         self.step = 0
         self.tokens = 0
         self.train_time_s = 0.0
+        self.model_changes = 0  # bumped by `note_model_changed`: the FLOP counter counts again
+
+    def note_model_changed(self) -> None:
+        """A schedule changed the model's structure (growth, a different depth): the next step's
+        FLOPs are counted again."""
+        self.model_changes += 1
+
+    def make_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer of the model's trainable parameters, from the first technique that supplies
+        one; sets it as `self.optimizer` and returns the one it replaces (None at the start)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        previous = self.optimizer
+        for t in self.techniques:
+            opt = t.build_optimizer(params, self)
+            if opt is not None:
+                self.optimizer = opt
+                break
+        if self.optimizer is previous:
+            raise RuntimeError("no technique supplied an optimizer (the runner adds adamw by default)")
+        for group in self.optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        return previous
+
+    def replace_model(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Train `model` from the next step on (a technique that rebuilds the network mid-run: a
+        compressed model, a structured ticket): a new optimizer is built for it through the
+        techniques; the old one is returned so its state can be carried over."""
+        self.model = model
+        return self.make_optimizer()
 
     # -- primitives ----------------------------------------------------------------------------
     def autocast(self):
@@ -101,9 +198,12 @@ class TrainContext:
         self.optimizer.zero_grad(set_to_none=True)
 
     def optimizer_step(self) -> None:
-        """Unscale (fp16), clip, step, update the scaler."""
+        """Unscale (fp16), let techniques edit the gradients (`on_gradients`: pruning masks), clip,
+        step, update the scaler. Clipping sees the gradients the optimizer will use."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        for t in self.techniques:
+            t.on_gradients(self)
         if self.run.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip)
         if self.scaler is not None:
@@ -123,10 +223,41 @@ class TrainContext:
         return min(1.0, max(fractions))
 
     def lr_factor(self) -> float:
+        """Linear warm-up over `warmup_frac` of the budget, then cosine decay to zero at its end.
+
+        With a step budget the warm-up is (step + 1) / warmup_steps, never above 1 (the peak is
+        reached, not overshot, on the last warm-up step); with only a seconds budget the first step's
+        offset is 1e-3 of the budget."""
         p, w = self.progress(), self.run.warmup_frac
         if w > 0 and p < w:
-            return (p + 1e-3) / w
+            total = self.run.total_steps
+            offset = 1.0 / total if total else 1e-3
+            return min(1.0, (p + offset) / w)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (p - w) / max(1e-9, 1.0 - w))))
+
+    # -- measurement seams (no-ops unless the worker is measuring a sampled step) ---------------
+    @staticmethod
+    def extra_work():
+        """Context: FLOPs inside are hardware work, not the model's useful forward and backward."""
+        return flops.extra_work()
+
+    @staticmethod
+    @contextmanager
+    def recompute():
+        """Context: a rematerialisation (hardware FLOPs; its tensors count as saved while alive)."""
+        with flops.extra_work(), memory.recompute_scope():
+            yield
+
+    @staticmethod
+    def count_opaque_flops(n: float, extra: float = 0.0) -> None:
+        """FLOPs of a kernel the counter cannot see (a Triton launch), by the equivalent op's formula;
+        `extra` of them are hardware-only work (a recomputation)."""
+        flops.add_opaque(n, extra)
+
+    @staticmethod
+    def hold_for_backward(tensor: torch.Tensor) -> None:
+        """`tensor` is kept alive for backward outside autograd's saved tensors (a checkpoint's input)."""
+        memory.hold(tensor)
 
 
 def default_step(ctx: TrainContext, batch: Batch) -> torch.Tensor:
@@ -134,6 +265,23 @@ def default_step(ctx: TrainContext, batch: Batch) -> torch.Tensor:
     loss = ctx.forward_backward(batch)
     ctx.optimizer_step()
     return loss
+
+
+def run_step(
+    ctx: TrainContext, batch: Batch, step_fn: Callable[[Batch, int], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, int]:
+    """One training step as the clock sees it: the techniques' batch selection, the learning rate
+    of this step, the composed step, the techniques' after-step schedules. Returns the detached
+    loss and the tokens the step trained on in this process (the selected batch)."""
+    for t in ctx.techniques:
+        batch = t.select_batch(batch, ctx)
+    factor = ctx.lr_factor()
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    loss = (step_fn or compose_step(ctx))(batch, ctx.step)
+    for t in ctx.techniques:
+        t.after_step(ctx)
+    return loss, batch.n_tokens
 
 
 def compose_step(ctx: TrainContext) -> Callable[[Batch, int], torch.Tensor]:

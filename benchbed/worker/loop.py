@@ -1,11 +1,20 @@
 """The train loop of one cell, and the objects techniques see: `Batch`, `RunSettings`, `TrainContext`.
 
 Timing rules (AlgoPerf / MLPerf): the clock runs over training steps only; evaluation pauses it and
-is reported separately (`eval_time_s`); the first step, which pays for lazy initialisation and
-compilation, is timed separately (`warmup_time_s`; its tokens still count); time-to-target is the
-training time at the first evaluation whose validation loss is at or below the target. Data
-generation happens outside the clock (the synthetic generator is an artefact of the benchmark, not
-of the technique); everything a technique does inside a step is inside it.
+is reported separately (`eval_time_s`); lazy initialisation and compilation are paid before the
+clock starts by one warm-up step that is the same for every cell and is undone afterwards
+(`warmup_time_s`, see ``benchbed.worker.offclock``), so every training step, the first included, is
+on the clock with everything its techniques do (SNIP's scoring, SAM's second pass, importance
+sampling's scoring forward). Time-to-target is the training time at the first evaluation whose
+validation loss is at or below the target. Data generation happens outside the clock (the synthetic
+generator is an artefact of the benchmark, not of the technique). Sampled steps are measured (FLOPs,
+saved activations) on a replica off the clock before the timed step runs.
+
+Evaluation runs in float32 for every cell (no autocast), with the workload's loss, so a
+reduced-precision cell is judged against the target exactly as a float32 one.
+
+Budget: tokens trained on over all processes, counted from the batch each step actually trains on
+(for importance sampling the selected batch, not the pool it was chosen from).
 
 The learning-rate schedule is budget-aware: linear warm-up, then cosine decay to zero exactly at
 the end of the budget, where "progress" is the largest fraction used of any budget given (tokens,
@@ -14,6 +23,7 @@ steps, seconds).
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +31,9 @@ from typing import Any
 
 import torch
 
-from benchbed.worker.context import TrainContext, compose_step
+from benchbed.measure.flops import FlopSampler
+from benchbed.worker.context import TrainContext, compose_step, run_step
+from benchbed.worker.offclock import measure_step, warm_up
 from benchbed.workloads import Batch
 
 
@@ -31,8 +43,9 @@ def sync(device: torch.device) -> None:
 
 
 def evaluate(ctx: TrainContext, val_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """The workload's evaluation metric on the validation batches (the target is on it)."""
-    return ctx.workload.evaluate(ctx.model, val_batches, ctx.device, ctx.autocast)
+    """The workload's evaluation metric on the validation batches (the target is on it), in float32
+    for every cell: no autocast, whatever precision the cell trains in."""
+    return ctx.workload.evaluate(ctx.model, val_batches, ctx.device)
 
 
 class Diverged(RuntimeError):
@@ -46,22 +59,33 @@ def seed_everything(seed: int, device: torch.device) -> None:
     torch.manual_seed(seed)
 
 
+WARMUP_SEED = 7_777_777  # the warm-up batch's stream, apart from every training stream
+
+
 def train(
     ctx: TrainContext,
     data,
     telemetry,
     emit: Callable[[dict], None] = lambda event: None,
     clock: Callable[[], float] = time.perf_counter,
+    measure: bool = True,
 ) -> dict:
     """Train until the budget is spent (or the target is reached, if `stop_at_target`).
 
-    Returns a dict with the cell's outcome columns and `curves` (list of dicts)."""
+    Returns a dict with the cell's outcome columns, `curves` (list of dicts) and `measured` (the
+    FLOP sampler and the memory figures of the sampled steps; `measure=False` skips them)."""
     run = ctx.run
     device = run.device
     val_batches = data.val_batches(run.batch_size, run.seq_len, ctx.workload.val_sequences)
     # each data-parallel rank reads its own stream; rank 0's is the single-process stream
-    train_iter = data.train_batches(run.batch_size, run.seq_len, run.seed + 1_000_003 * run.rank)
+    train_iter = data.train_batches(run.loaded_batch_size, run.seq_len, run.seed + 1_000_003 * run.rank)
     step_fn = compose_step(ctx)
+    # a step whose FLOPs are drawn at random (layer drop) needs more counted steps for its mean
+    sampler = FlopSampler(fractions=16 if any(t.stochastic_flops for t in ctx.techniques) else 4)
+    measured: dict[str, Any] = {"sampler": sampler, "errors": []}
+    peaks = {"saved_activation_bytes": 0, "grad_bytes": 0, "optimizer_state_bytes": 0}
+    model_changes = ctx.model_changes
+    cuda_peak = 0.0
     curves: list[dict] = []
     result: dict[str, Any] = {
         "time_to_target_s": math.nan,
@@ -99,32 +123,47 @@ def train(
     divergence_limit = max(2.0 * initial, initial + 2.0)
     next_eval = run.eval_every_tokens
     ctx.model.train()
+    # lazy initialisation and compilation: one step, the same for every cell, undone afterwards
+    warm_inputs, warm_targets = next(data.train_batches(run.batch_size, run.seq_len, WARMUP_SEED + run.rank))
+    sync(device)
+    t0 = clock()
+    warm_up(ctx, Batch(warm_inputs, warm_targets).to(device))
+    sync(device)
+    warmup_time_s = clock() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     while True:
         inputs, targets = next(train_iter)
         batch = Batch(inputs, targets).to(device)
-        n_tokens = batch.n_tokens * run.world_size
-        warmup = ctx.step == 0  # lazy init / compilation: timed separately, outside the energy windows
+        if measure and sampler.due(ctx.step, ctx.progress()):
+            if device.type == "cuda":  # the replica's copies must not count in the cell's allocated peak
+                # (the caching allocator keeps their blocks reserved: max_memory_reserved_bytes says so)
+                sync(device)
+                cuda_peak = max(cuda_peak, torch.cuda.max_memory_allocated(device))
+            try:  # on a replica, off the clock; a failure costs the figures, never the cell
+                m = measure_step(ctx, batch)
+                sampler.add(m.count, ctx.progress())
+                for key in peaks:
+                    peaks[key] = max(peaks[key], getattr(m, key))
+            except Exception as exc:  # noqa: BLE001
+                measure = False
+                measured["errors"].append(f"step {ctx.step}: {type(exc).__name__}: {exc}")
+            finally:
+                if device.type == "cuda":
+                    gc.collect()
+                    torch.cuda.reset_peak_memory_stats(device)
         sync(device)
-        if not warmup:
-            telemetry.window_start()
+        telemetry.window_start()
         t0 = clock()
-        for t in ctx.techniques:
-            batch = t.select_batch(batch, ctx)
-        factor = ctx.lr_factor()
-        for group in ctx.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-        loss = step_fn(batch, ctx.step)
-        for t in ctx.techniques:
-            t.after_step(ctx)
+        loss, trained = run_step(ctx, batch, step_fn)
         sync(device)
-        elapsed = clock() - t0
-        if warmup:
-            warmup_time_s = elapsed
-        else:
-            telemetry.window_end()
-            ctx.train_time_s += elapsed
+        ctx.train_time_s += clock() - t0
+        telemetry.window_end()
+        if ctx.model_changes != model_changes:
+            model_changes = ctx.model_changes
+            sampler.model_changed()
         ctx.step += 1
-        ctx.tokens += n_tokens
+        ctx.tokens += trained * run.world_size
         train_losses.append(loss.float())
         loss_value = float(loss) if (device.type == "cpu" or ctx.step % 10 == 0) else None
         if loss_value is not None and (not math.isfinite(loss_value) or loss_value > divergence_limit):
@@ -162,9 +201,12 @@ def train(
         warmup_time_s=warmup_time_s,
         steps=ctx.step,
         tokens=ctx.tokens,
-        tokens_per_s=(ctx.tokens - run.tokens_per_step * run.world_size) / ctx.train_time_s
-        if ctx.train_time_s > 0
-        else math.nan,
+        tokens_per_s=ctx.tokens / ctx.train_time_s if ctx.train_time_s > 0 else math.nan,
         curves=curves,
+        measured=measured,
     )
+    if sampler.counts:
+        measured.update(peaks)
+    if device.type == "cuda":
+        measured["cuda_peak_allocated_bytes"] = float(max(cuda_peak, torch.cuda.max_memory_allocated(device)))
     return result

@@ -10,11 +10,20 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from benchbed.workloads.base import WORKLOADS, Workload, register
+from benchbed.workloads.base import WORKLOADS, InputMissing, Workload, register
 from benchbed.workloads.batch import IGNORE_INDEX, Batch
 from benchbed.workloads.data import DataError, DataSource
 
-__all__ = ["IGNORE_INDEX", "WORKLOADS", "Batch", "DataError", "DataSource", "Workload", "register"]
+__all__ = [
+    "IGNORE_INDEX",
+    "WORKLOADS",
+    "Batch",
+    "DataError",
+    "DataSource",
+    "InputMissing",
+    "Workload",
+    "register",
+]
 
 _NOT_WORKLOADS = {"base", "batch", "data"}
 

@@ -36,7 +36,12 @@ class TemplateWorkload(Workload):
         per_token = nn.functional.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")
         return per_token.mean(dim=1)
 
+    # optional: importance sampling's score, ||d loss_i / d logits_i|| per example, from one forward
+    # (see LanguageModelWorkload.output_gradient_norm for softmax cross-entropy's closed form)
+    # def output_gradient_norm(self, model, batch) -> torch.Tensor: ...
+
     def flops_per_token(self, model: nn.Module) -> float:
+        # a formula, recorded beside the FLOPs the worker counts on real steps (for comparison)
         return 6.0 * sum(p.numel() for p in model.parameters())
 
 

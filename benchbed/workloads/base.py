@@ -11,10 +11,12 @@ the baseline optimizer's: a scenario overrides them per cell.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,11 @@ from torch import nn
 
 from benchbed.workloads.batch import IGNORE_INDEX, Batch
 from benchbed.workloads.data.base import DataError, DataSource
+
+
+class InputMissing(DataError):
+    """A cell's input (a pretrained base or an earlier stage's checkpoint) is not there."""
+
 
 #: name -> Workload; filled by `register` when benchbed.workloads imports its modules
 WORKLOADS: dict[str, Workload] = {}
@@ -53,6 +60,18 @@ class Workload:
     grad_clip: float | None = 1.0
     betas: tuple[float, float] = (0.9, 0.95)
     family: str = ""  # the model family ("gpt", ...): techniques that edit a model check it
+    # -- pretrained bases and pipeline stages (docs/workloads.md) --------------------------------
+    # a workload whose trained model this one starts from: pretrained once per results directory,
+    # keyed by its config and `base_seed`, and never on a fine-tuning cell's clock
+    base: Workload | None = field(default=None, repr=False)
+    base_seed: int = 0
+    # earlier pipeline stages: workloads whose cell (same seed and repeat, in the same scenario)
+    # trains a model this workload reads; the runner runs those cells first
+    needs: tuple[str, ...] = ()
+    saves_checkpoint: bool = False  # a later stage reads this workload's trained model
+    # where the base checkpoint and the inputs were found (set by `with_inputs` inside the cell)
+    base_path: str | None = None
+    input_paths: tuple[tuple[str, str], ...] = ()
 
     # -- what a subclass provides -------------------------------------------------------------------
     @property
@@ -66,6 +85,13 @@ class Workload:
     def per_sequence_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The loss of each example, [B] (importance sampling scores and reweights these)."""
         raise NotImplementedError
+
+    def output_gradient_norm(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Per-example norm of the gradient of that example's loss (`per_sequence_loss`) with respect
+        to the model's output (the logits), [B], from one forward pass: Katharopoulos & Fleuret's
+        (2018) upper bound of the per-example gradient norm, up to a constant. Importance sampling
+        scores by it; a workload without it raises NotImplementedError."""
+        raise NotImplementedError(f"workload '{self.name}' has no output-gradient norm")
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The training loss: the mean over examples; with per-example weights their
@@ -83,7 +109,8 @@ class Workload:
         device: torch.device,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> float:
-        """The metric the target is on: mean validation loss per target position."""
+        """The metric the target is on: mean validation loss per target position. The train loop
+        evaluates every cell in float32 (it passes no `autocast`)."""
         was_training = model.training
         model.eval()
         total, count = torch.zeros((), dtype=torch.float64, device=device), 0
@@ -103,6 +130,32 @@ class Workload:
 
     def describe_model(self) -> str:
         return type(self).__name__
+
+    def validate(self, cell: dict) -> None:
+        """Refuse a cell that means nothing on this workload (raise ValueError with one line); `cell`
+        is what `Technique.validate` sees. Default: every cell is fine."""
+
+    def with_inputs(self, base_path: str | None, inputs: dict[str, str]) -> Workload:
+        """This workload bound to its pretrained base checkpoint and its earlier stages'
+        checkpoints (workload name -> directory); `build_model` and the losses read them."""
+        return dataclasses.replace(self, base_path=base_path, input_paths=tuple(sorted(inputs.items())))
+
+    def input_path(self, name: str) -> Path:
+        paths = dict(self.input_paths)
+        if name not in paths:
+            raise InputMissing(f"{self.name}: the checkpoint of stage '{name}' was not given to this cell")
+        return Path(paths[name])
+
+    def result_columns(self, model: nn.Module) -> dict[str, Any]:
+        """Workload-specific result columns after training (declared in results/schema.py), from the
+        last evaluation; default none."""
+        return {}
+
+    def check_data(self, data: dict[str, Any], base_dir: str) -> None:
+        """Open and validate the data a scenario's [data] table names, without training on it
+        (headers, sizes, vocabulary range): the planner calls this before the first cell starts.
+        Raises DataError naming the file. The default accepts only the workload's own data."""
+        self.with_data(data, base_dir)
 
     def with_data(self, data: dict[str, Any], base_dir: str) -> Workload:
         """The workload on local data from a scenario's [data] table; only the synthetic default

@@ -20,7 +20,15 @@ from torch import nn
 from benchbed.models.gpt import GPT, GPTConfig
 from benchbed.workloads.base import Workload, register
 from benchbed.workloads.batch import IGNORE_INDEX, Batch
-from benchbed.workloads.data import DataError, DataSource, MarkovCopySource, TextFileSource, TokenShardSource
+from benchbed.workloads.data import (
+    DataError,
+    DataSource,
+    MarkovCopySource,
+    TextFileSource,
+    TokenShardSource,
+    check_shards,
+    check_text,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +60,22 @@ class LanguageModelWorkload(Workload):
         ).view(batch.targets.shape)
         mask = (batch.targets != IGNORE_INDEX).float()
         return (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def output_gradient_norm(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """||d loss_i / d logits_i|| per sequence, [B], in closed form from the logits.
+
+        For softmax cross-entropy the gradient at a token is softmax(z) - onehot(y); the sequence's
+        loss is the mean over its n_i scored tokens, so the norm is
+        sqrt(sum_t ||softmax(z_t) - e_{y_t}||^2) / n_i, with ||p - e_y||^2 = sum(p^2) - 2 p_y + 1.
+        Ignored targets contribute nothing."""
+        logits = model(batch.inputs).float()
+        probs = torch.softmax(logits, dim=-1)
+        targets = batch.targets
+        valid = targets != IGNORE_INDEX
+        p_y = probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        per_token = ((probs * probs).sum(-1) - 2.0 * p_y + 1.0).clamp_min(0.0) * valid
+        n = valid.sum(1).clamp_min(1).to(per_token.dtype)
+        return per_token.sum(1).sqrt() / n
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Mean next-token cross-entropy over non-ignored targets; with per-sequence weights, their
@@ -96,6 +120,18 @@ class LanguageModelWorkload(Workload):
         m = self.model
         return f"GPT {m.n_layer}L d={m.d_model} h={m.n_head} T={m.seq_len}"
 
+    def check_data(self, data: dict[str, Any], base_dir: str) -> None:
+        kind = data.get("kind", "synthetic")
+        if kind == "synthetic":
+            return
+        workload = self.with_data(data, base_dir)  # refuses an unknown kind or a missing path
+        path = data["path"]
+        full = path if os.path.isabs(path) else os.path.join(base_dir, path)
+        if kind == "text":
+            check_text(full, workload.seq_len)
+        else:
+            check_shards(full, workload.model.vocab_size, workload.seq_len)
+
     def with_data(self, data: dict[str, Any], base_dir: str) -> LanguageModelWorkload:
         """The workload on local data given by a scenario's [data] table (kind = text | shards)."""
         kind = data.get("kind", "synthetic")
@@ -120,7 +156,7 @@ def _markov(vocab: int, prefix: int) -> Callable[[], DataSource]:
     return lambda: MarkovCopySource(vocab_size=vocab, prefix_len=prefix)
 
 
-register(
+LM_TINY = register(
     LanguageModelWorkload(
         name="lm-tiny",
         description="2-layer GPT (d=64) on the synthetic Markov+copy corpus; one cell trains in under a minute on 2 CPU cores",
@@ -137,7 +173,7 @@ register(
         val_sequences=256,
     )
 )
-register(
+LM_SMALL = register(
     LanguageModelWorkload(
         name="lm-small",
         description="GPT-2-small shape (12 layers, d=768, 12 heads, T=1023) on the synthetic corpus with a 50k vocabulary; for GPUs",

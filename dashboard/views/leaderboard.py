@@ -18,6 +18,10 @@ RANKINGS = {
     "energy to target": "energy_to_target_j",
     "peak memory": "peak_mem_bytes",
     "tokens per second": "tokens_per_s",
+    "saved activations": "saved_activation_bytes",
+    "optimizer state": "optimizer_state_bytes",
+    "gradients": "grad_bytes",
+    "parameters": "param_bytes",
 }
 
 CHART_ROWS_PER_WORKLOAD = 15

@@ -34,3 +34,11 @@ def global_top_masks(scores: list[torch.Tensor], keep_frac: float) -> list[torch
 def apply_masks(params: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
     for p, m in zip(params, masks, strict=True):
         p.mul_(m)
+
+
+@torch.no_grad()
+def mask_gradients(params: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    """Zero the gradients of masked-out entries, so clipping and the optimizer ignore pruned weights."""
+    for p, m in zip(params, masks, strict=True):
+        if p.grad is not None:
+            p.grad.mul_(m)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 from benchbed.techniques.compute._norm_free import NORM_FREE_SCHEMES, remove_norms
 
 
@@ -60,6 +60,10 @@ class Fixup(Technique):
     paper = "Zhang, Dauphin & Ma 2019, Fixup Initialization: Residual Learning Without Normalization"
     Config = FixupConfig
     conflicts = tuple(n for n in NORM_FREE_SCHEMES if n != "fixup")
+    families = ("gpt",)
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def build_model(self, model, ctx):
         device = next(model.parameters()).device

@@ -9,10 +9,17 @@ own local learning rate (Algorithm 1 of the paper):
     w = w - v
 
 with trust coefficient eta (paper: 0.001), weight decay beta and momentum m. As in the paper's
-follow-ups and reference implementations, biases and norm weights (every tensor with dim < 2) are
-excluded from both the adaptation (local_lr = 1) and the weight decay. Since eta scales every
-adapted step, the global learning rate is large: ``lr_ratio`` times the run's (AdamW) learning rate
-by default, or an explicit ``lr``.
+follow-ups and reference implementations, biases, norm gains and scalar gates (every tensor with
+dim < 2) are excluded from both the adaptation (local_lr = 1) and the weight decay.
+
+Learning rates. In Algorithm 1 the global rate gamma only ever multiplies the local rate
+lambda = eta ||w|| / (||g|| + beta ||w||): with eta = 0.001, gamma is large precisely to cancel eta,
+and the product gamma * eta sets the relative update ||dw|| / ||w|| of every adapted layer. So the
+large global rate -- ``lr_ratio`` times the run's (AdamW) learning rate by default, or an explicit
+``lr`` -- applies only where the trust ratio does. An excluded tensor has no eta to cancel: given
+gamma it would take a plain SGD step about 1/eta times the scale the paper intends (lr 3.0 on
+lm-tiny, 300x the run's rate, which the paper never prescribes). Excluded tensors therefore take
+plain momentum SGD at ``vector_lr``, by default the run's base learning rate.
 """
 
 from __future__ import annotations
@@ -72,8 +79,9 @@ class LARSOptimizer(torch.optim.Optimizer):
 
 @dataclass(frozen=True)
 class LARSConfig:
-    lr: float | None = None  # explicit global learning rate; None: lr_ratio * the run's
-    lr_ratio: float = 300.0
+    lr: float | None = None  # explicit global learning rate (adapted tensors); None: lr_ratio * the run's
+    lr_ratio: float = 300.0  # applies only with the trust ratio (see the module docstring)
+    vector_lr: float | None = None  # lr of the excluded (dim < 2) tensors; None: the run's base lr
     momentum: float = 0.9
     trust_coefficient: float = 0.001  # eta of the paper
     weight_decay: float = 0.0005  # beta of the paper (its AlexNet setting), coupled as in Algorithm 1
@@ -106,4 +114,6 @@ class LARS(Technique):
         groups = decay_groups(params, h.weight_decay)
         for group in groups:
             group["adapt"] = all(p.dim() >= 2 for p in group["params"])
+            if not group["adapt"]:  # no trust ratio: no eta to cancel, so not the large global rate
+                group["lr"] = c.vector_lr if c.vector_lr is not None else ctx.run.lr
         return LARSOptimizer(groups, lr=h.lr, momentum=c.momentum, trust_coefficient=c.trust_coefficient)

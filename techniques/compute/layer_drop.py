@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 
 
 def keep_probability(progress: float, index: int, n_blocks: int, theta_bar: float, gamma: float) -> float:
@@ -51,6 +51,11 @@ class LayerDrop(Technique):
     paper = "Zhang & He 2020, Accelerating Training of Transformer-Based Language Models with Progressive Layer Dropping"
     Config = LayerDropConfig
     conflicts = ("progressive_stacking",)
+    stochastic_flops = True  # which blocks run is drawn every step: the FLOP counter samples more
+    families = ("gpt", "bert", "vit")
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def __init__(self, config=None):
         super().__init__(config)

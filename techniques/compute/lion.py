@@ -52,10 +52,15 @@ class LionOptimizer(torch.optim.Optimizer):
         return loss
 
 
+#: Lion's learning rate as a fraction of AdamW's (the paper: 3-10x smaller); the one default shared by
+#: ``lion`` and ``fused_optimizer``'s Lion
+LION_LR_RATIO = 0.3
+
+
 @dataclass(frozen=True)
 class LionConfig:
     lr: float | None = None  # explicit learning rate; None: lr_ratio * the run's learning rate
-    lr_ratio: float = 0.3  # the paper: 3-10x smaller than AdamW
+    lr_ratio: float = LION_LR_RATIO
     beta1: float = 0.9
     beta2: float = 0.99
     weight_decay: float | None = None  # None: the run's weight decay / lr_ratio (same lr * lambda)

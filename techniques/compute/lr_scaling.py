@@ -3,8 +3,8 @@ et al. 2017, "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour") and t
 (Krizhevsky 2014, "One weird trick for parallelizing convolutional neural networks"; Hoffer et al.
 2017 motivate it for adaptive optimizers).
 
-What it changes: the run settings only. With k = batch_size / base_batch_size (the cell's batch size
-over the workload's, the batch its learning rate was tuned for):
+What it changes: the run settings only. With k = global batch / base_batch_size (the cell's batch
+over all processes, over the workload's, the batch its learning rate was tuned for):
 
     linear: lr = k * base_lr        sqrt: lr = sqrt(k) * base_lr
 
@@ -53,7 +53,8 @@ class LRScaling(Technique):
 
     def configure(self, run):
         base_lr = run.lr
-        run.lr = scaled_lr(base_lr, run.batch_size, run.base_batch_size, self.config.rule)
+        run.lr = scaled_lr(base_lr, run.global_batch_size, run.base_batch_size, self.config.rule)
+        run.lr_rule = self.config.rule
         if self.config.warmup_frac is not None:
             run.warmup_frac = self.config.warmup_frac
         run.extra["lr_scaling"] = {"rule": self.config.rule, "base_lr": base_lr, "lr": run.lr}

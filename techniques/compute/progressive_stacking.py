@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 
 
 def _skip(x, *args, **kwargs):
@@ -41,6 +41,10 @@ class ProgressiveStacking(Technique):
     paper = "Gong et al. 2019, Efficient Training of BERT by Progressively Stacking"
     Config = StackingConfig
     conflicts = ("layer_drop",)
+    families = ("gpt", "bert", "vit")
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -68,3 +72,4 @@ class ProgressiveStacking(Technique):
             top.load_state_dict(self.blocks[j].state_dict())
         self.grown = True
         ctx.run.extra["progressive_stacking_step"] = ctx.step
+        ctx.note_model_changed()  # the FLOP counter counts the full-depth model again

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 from benchbed.techniques.compute._norm_free import NORM_FREE_SCHEMES, remove_norms
 
 
@@ -37,6 +37,10 @@ class ReZero(Technique):
     paper = "Bachlechner et al. 2021, ReZero is All You Need: Fast Convergence at Large Depth"
     Config = ReZeroConfig
     conflicts = tuple(n for n in NORM_FREE_SCHEMES if n != "rezero")
+    families = ("gpt",)
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def build_model(self, model, ctx):
         device = next(model.parameters()).device

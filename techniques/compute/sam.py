@@ -12,8 +12,9 @@ is not an optimizer itself). Each step:
    point, clip, and just before the base optimizer's update theta is restored (a step pre-hook), so
    the base optimizer updates theta with the perturbed-point gradient, clipped.
 
-Both passes are inside the step, so the timer charges SAM for its second forward-backward. The
-returned training loss is the one at theta (the first pass). Paper defaults: rho = 0.05 (SAM);
+Both passes are inside the step, so the timer charges SAM for its second forward-backward; the
+FLOP counter counts the first (ascent) pass as extra work, so hardware FLOPs are about twice the
+model FLOPs. The returned training loss is the one at theta (the first pass). Paper defaults: rho = 0.05 (SAM);
 ASAM's papers use a larger rho (0.5) with eta = 0.01.
 """
 
@@ -78,8 +79,9 @@ class SAM(Technique):
     def train_step(self, ctx, batch, step, inner):
         c = self.config
         params = [p for p in ctx.model.parameters() if p.requires_grad]
-        ctx.zero_grad()
-        loss = ctx.forward_backward(batch)
+        with ctx.extra_work():  # the ascent pass: hardware work beyond the model's step
+            ctx.zero_grad()
+            loss = ctx.forward_backward(batch)
         eps = sam_perturbation(params, c.rho, c.adaptive, c.eta)
         if ctx.scaler is not None and not all(e is None or bool(torch.isfinite(e).all()) for e in eps):
             eps = [None] * len(params)  # fp16 overflow: the scaler skips this step anyway

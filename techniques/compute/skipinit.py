@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 from benchbed.techniques.compute._norm_free import NORM_FREE_SCHEMES, remove_norms
 
 
@@ -47,6 +47,10 @@ class SkipInit(Technique):
     paper = "De & Smith 2020, Batch Normalization Biases Residual Blocks Towards the Identity Function in Deep Networks"
     Config = SkipInitConfig
     conflicts = tuple(n for n in NORM_FREE_SCHEMES if n != "skipinit")
+    families = ("gpt",)
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def build_model(self, model, ctx):
         device = next(model.parameters()).device

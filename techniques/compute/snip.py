@@ -5,12 +5,15 @@ What it changes: the weights, once, at initialisation, then after every step. On
 batch it computes, for every prunable weight w (the linear matrices of the blocks), the connection
 sensitivity s = |dL/dc| at c = 1 for w_eff = c * w, which is |g * w| (eq. 6), and keeps the globally
 top ``keep_frac`` (kappa / m of the paper); the rest are set to zero. The masks are re-applied after
-every optimizer step so pruned connections stay at zero (momentum would otherwise revive them).
+every optimizer step so pruned connections stay at zero (momentum would otherwise revive them), and
+the pruned weights' gradients are zeroed before clipping (`on_gradients`), so the clipped norm is
+the trained network's.
 
-Cost accounting: the scoring forward-backward runs inside the first training step, so it is charged
-(to warm-up time, like everything of step 0). The masks are unstructured: dense matmuls do the same
-work, so this measures the convergence cost of training a sparse network; a speed-up needs a sparse
-kernel (hardware/sparse_matmul).
+Cost accounting: the scoring forward-backward runs inside the first training step, on the clock
+(the excluded warm-up step is the same for every cell and runs no technique hook), and as extra
+work for the FLOP counter (hardware, not model FLOPs). The masks are unstructured: dense matmuls do
+the same work, so this measures the convergence cost of training a sparse network; a speed-up needs
+a sparse kernel (hardware/sparse_matmul).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
-from benchbed.techniques.compute._masks import apply_masks, global_top_masks, prunable_weights
+from benchbed.techniques.base import Technique, register, require_family
+from benchbed.techniques.compute._masks import apply_masks, global_top_masks, mask_gradients, prunable_weights
 
 
 def connection_sensitivity(weights: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -48,6 +51,10 @@ class SNIP(Technique):
     paper = "Lee, Ajanthan & Torr 2019, SNIP: Single-shot Network Pruning based on Connection Sensitivity"
     Config = SNIPConfig
     conflicts = ("early_bird",)
+    families = ("gpt", "bert", "vit")
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -60,12 +67,17 @@ class SNIP(Technique):
 
     def train_step(self, ctx, batch, step, inner):
         if self.masks is None:
-            ctx.zero_grad()
-            ctx.forward_backward(batch)
+            with ctx.extra_work():
+                ctx.zero_grad()
+                ctx.forward_backward(batch)
             with torch.no_grad():
                 self.masks = global_top_masks(connection_sensitivity(self.weights), self.config.keep_frac)
                 apply_masks(self.weights, self.masks)
         return inner(batch)
+
+    def on_gradients(self, ctx):
+        if self.masks is not None:
+            mask_gradients(self.weights, self.masks)
 
     def after_step(self, ctx):
         if self.masks is not None:

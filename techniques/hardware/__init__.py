@@ -32,6 +32,8 @@ def use_kernel(ctx, technique: str, op: str, backend: str) -> Callable:
             f"{technique}: backend 'triton' on device '{device.type}' would run Triton's interpreter "
             "(thousands of times slower); use backend 'auto' or 'reference' off CUDA"
         )
+    if chosen == "cuda" and device.type != "cuda":
+        raise TechniqueError(f"{technique}: backend 'cuda' (a CUDA C++ extension) needs a CUDA device")
     ctx.run.extra[f"kernel_backend.{op}"] = chosen
     if chosen != "triton":
         print(
@@ -39,3 +41,34 @@ def use_kernel(ctx, technique: str, op: str, backend: str) -> Callable:
             file=sys.stderr,
         )
     return kernels.get(op, chosen, device)
+
+
+def swap_linears(model, make: Callable, technique: str) -> int:
+    """Replace every nn.Linear inside the model's transformer blocks (not the tied output head) by
+    ``make(linear)``, a module holding the *same* weight and bias parameters. Returns the count."""
+    from torch import nn
+
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise TechniqueError(f"{technique}: the model has no 'blocks' to find linear layers in")
+    swapped = 0
+    for block in blocks:
+        for name, module in list(block.named_modules()):
+            if isinstance(module, nn.Linear):
+                parent_name, _, attr = name.rpartition(".")
+                parent = block.get_submodule(parent_name) if parent_name else block
+                setattr(parent, attr, make(module))
+                swapped += 1
+    if not swapped:
+        raise TechniqueError(f"{technique}: no nn.Linear in the model's blocks")
+    return swapped
+
+
+def require_cuda_unless_reference(technique: str, cell: dict, backend: str, what: str) -> None:
+    """Low-precision techniques on a cell without CUDA: only ``backend = "reference"``, which
+    emulates the numerics and saves nothing (one line at scenario load)."""
+    if cell.get("device") != "cuda" and backend != "reference":
+        raise TechniqueError(
+            f"{technique}: {what} needs a CUDA GPU; on '{cell.get('device')}' set backend = \"reference\" "
+            "to emulate its numerics (no time saved)"
+        )

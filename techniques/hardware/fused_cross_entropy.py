@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, register, require_family
 from benchbed.techniques.hardware import check_backend, use_kernel
 from benchbed.workloads import IGNORE_INDEX
 
@@ -51,6 +51,10 @@ class FusedCrossEntropy(Technique):
     category = "hardware/kernels"
     paper = "Wijmans et al. 2024, Cut Your Losses in Large-Vocabulary Language Models"
     Config = FusedCrossEntropyConfig
+    families = ("gpt",)
+
+    def validate(self, cell):
+        require_family(self, cell)
 
     def build_model(self, model, ctx):
         linear_ce = use_kernel(ctx, self.name, "linear_cross_entropy", self.config.backend)

@@ -12,14 +12,17 @@ groups as the baseline ``adamw`` and, for Lion, the same defaults as the ``lion`
 difference: a parameter without a gradient in some step is stepped with a zero gradient (AdamW
 would skip it); every trainable parameter of the models here gets a gradient each step.
 Without CUDA ``auto`` runs the PyTorch reference step on the same flat buffers and says so.
+``backend = "cuda"`` (Lion only) runs the step written in CUDA C++ (benchbed.kernels.cuda_lion),
+compiled at first use where nvcc exists; elsewhere the cell is refused with the reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchbed.techniques.base import Technique, register
+from benchbed.techniques.base import Technique, TechniqueError, register
 from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
+from benchbed.techniques.compute.lion import LION_LR_RATIO
 from benchbed.techniques.hardware import check_backend, use_kernel
 
 ALGORITHMS = ("adamw", "lion")
@@ -29,18 +32,22 @@ ALGORITHMS = ("adamw", "lion")
 class FusedOptimizerConfig:
     algorithm: str = "adamw"  # adamw | lion
     lr: float | None = None  # None: run.lr (adamw) or lr_ratio * run.lr (lion)
-    lr_ratio: float = 0.1  # lion only, as the lion technique
+    lr_ratio: float = LION_LR_RATIO  # lion only: the lion technique's default, one constant
     beta1: float | None = None  # None: run.betas (adamw) or 0.9 (lion)
     beta2: float | None = None  # None: run.betas (adamw) or 0.99 (lion)
     eps: float = 1e-8  # adamw only
     weight_decay: float | None = None  # None: run.weight_decay (adamw) or run.weight_decay / lr_ratio (lion)
-    backend: str = "auto"  # auto | reference | triton
+    backend: str = "auto"  # auto | reference | triton | cuda (lion only: the CUDA C++ extension)
 
     def check(self) -> None:
         check_optimizer_options(self)
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm: expected one of {', '.join(ALGORITHMS)}, got '{self.algorithm}'")
-        check_backend(self.backend)
+        if self.backend == "cuda":
+            if self.algorithm != "lion":
+                raise ValueError("backend: 'cuda' (the CUDA C++ extension) exists for algorithm 'lion' only")
+        else:
+            check_backend(self.backend)
 
 
 @register
@@ -62,6 +69,20 @@ class FusedOptimizer(Technique):
         from benchbed.techniques.base import REGISTRY
 
         return dict(REGISTRY[config.algorithm].search_space)
+
+    def validate(self, cell):
+        if self.config.backend != "cuda":
+            return
+        if cell.get("device") != "cuda":
+            raise TechniqueError(
+                f"{self.name}: backend 'cuda' needs a CUDA device, not '{cell.get('device')}'"
+            )
+        if cell.get("launched"):
+            from benchbed.kernels.cuda_lion import cuda_extension_status
+
+            ok, why = cuda_extension_status()
+            if not ok:
+                raise TechniqueError(f"{self.name}: backend 'cuda' cannot be built here: {why}")
 
     def build_optimizer(self, params, ctx):
         c, run = self.config, ctx.run

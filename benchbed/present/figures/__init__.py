@@ -2,7 +2,7 @@
 
 One module per figure family: ``curves`` (validation loss with seed bands), ``pareto`` (fronts of
 two metrics), ``telemetry`` (sensor series over time), ``kernels`` (speedups over the reference),
-``leaderboard`` (ranked bars with intervals); ``common`` holds the metric labels, palette, template
+``leaderboard`` (ranked bars with intervals), ``history`` (a metric across runs); ``common`` holds the metric labels, palette, template
 and the "not measured" reasons. The public names are re-exported here, so callers write
 ``figures.curves_figure(...)``.
 """
@@ -15,6 +15,7 @@ from benchbed.present.figures.common import (
     not_measured_reason,
 )
 from benchbed.present.figures.curves import CURVE_AXES, curves_figure, seed_band
+from benchbed.present.figures.history import HISTORY_LABELS, history_figure
 from benchbed.present.figures.kernels import REFERENCE_BACKEND, kernel_speedups, kernels_figure
 from benchbed.present.figures.leaderboard import leaderboard_figure
 from benchbed.present.figures.pareto import pareto_figure, pareto_front
@@ -28,6 +29,7 @@ from benchbed.present.figures.telemetry import (
 
 __all__ = [
     "CURVE_AXES",
+    "HISTORY_LABELS",
     "METRICS",
     "PALETTE",
     "REFERENCE_BACKEND",
@@ -37,6 +39,7 @@ __all__ = [
     "curves_figure",
     "downsample_minmax",
     "empty_figure",
+    "history_figure",
     "kernel_speedups",
     "kernels_figure",
     "leaderboard_figure",

@@ -18,6 +18,10 @@ METRICS: dict[str, tuple[str, bool]] = {
     "energy_to_target_j": ("energy to target (J)", True),
     "peak_mem_bytes": ("peak memory (bytes)", True),
     "tokens_per_s": ("tokens/s", False),
+    "saved_activation_bytes": ("saved activations (bytes)", True),
+    "optimizer_state_bytes": ("optimizer state (bytes)", True),
+    "grad_bytes": ("gradients (bytes)", True),
+    "param_bytes": ("parameters (bytes)", True),
 }
 
 PALETTE = (

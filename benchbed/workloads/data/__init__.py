@@ -18,7 +18,10 @@ from benchbed.workloads.data.files import (
     SHARD_VERSION,
     TextFileSource,
     TokenShardSource,
+    check_shards,
+    check_text,
     read_shard,
+    shard_header,
     write_shard,
 )
 from benchbed.workloads.data.markov import MarkovCopySource
@@ -36,6 +39,9 @@ __all__ = [
     "MarkovCopySource",
     "TextFileSource",
     "TokenShardSource",
+    "check_shards",
+    "check_text",
     "read_shard",
+    "shard_header",
     "write_shard",
 ]

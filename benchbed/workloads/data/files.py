@@ -1,6 +1,10 @@
 """Local files, never downloaded: byte-level text (vocabulary 256) and token shards in the llm.c /
 modded-nanogpt ``.bin`` format (a 256-int32 header: magic 20240520, version 1, token count; then
 uint16 tokens). Both are one token array split once into train and validation.
+
+`check_text` and `check_shards` validate a source without building it (regular files only; each
+shard's header, length and token count; every token id inside the vocabulary, read in chunks;
+at least one sequence in each split), so a scenario is refused before its first cell starts.
 """
 
 from __future__ import annotations
@@ -67,11 +71,99 @@ def _split(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndar
 
 
 def _files(pattern: str, what: str) -> list[str]:
-    paths = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-    paths = [p for p in paths if os.path.isfile(p)]
-    if not paths:
-        raise DataError(f"{pattern}: no {what} file found")
-    return paths
+    """The regular files `pattern` names (a path or a glob); DataError saying why there are none."""
+    if any(c in pattern for c in "*?["):
+        matches = sorted(glob.glob(pattern))
+        paths = [p for p in matches if os.path.isfile(p)]
+        if not paths:
+            found = f"matches only {len(matches)} non-file(s)" if matches else "matches no file"
+            raise DataError(f"{pattern}: {found}; no {what} file to read")
+        return paths
+    if not os.path.exists(pattern):
+        raise DataError(f"{pattern}: no such {what} file")
+    if os.path.isdir(pattern):
+        raise DataError(
+            f"{pattern}: is a directory, not a {what} file (a glob like '{pattern}/*' reads its files)"
+        )
+    if not os.path.isfile(pattern):
+        raise DataError(f"{pattern}: not a regular file (a device or pipe cannot be {what} data)")
+    return [pattern]
+
+
+def _check_splits(label: str, n_train: int, n_val: int, seq_len: int) -> None:
+    for what, n in (("train", n_train), ("validation", n_val)):
+        if n < seq_len + 2:
+            raise DataError(
+                f"{label}: {what} split has {n} tokens, fewer than the {seq_len + 2} one sequence "
+                f"needs (the data needs at least {_min_total(seq_len)} tokens in all)"
+            )
+
+
+def _min_total(seq_len: int, val_fraction: float = 0.1) -> int:
+    return int(math.ceil((seq_len + 2) / val_fraction))
+
+
+def _split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
+    n_val = max(1, int(math.ceil(n * val_fraction))) if n else 0
+    return n - n_val, n_val
+
+
+def check_text(pattern: str, seq_len: int, val_fraction: float = 0.1) -> None:
+    """Refuse text data that cannot give a sequence in both splits (sizes only: bytes are tokens)."""
+    paths = _files(pattern, "text")
+    total = sum(os.path.getsize(p) for p in paths)
+    if total == 0:
+        raise DataError(f"{pattern}: empty (0 bytes in {len(paths)} file(s))")
+    _check_splits(f"text {pattern}", *_split_sizes(total, val_fraction), seq_len)
+
+
+def shard_header(path: str) -> int:
+    """The token count of a `.bin` shard, its header and length checked; DataError naming the file."""
+    size = os.path.getsize(path)
+    header_bytes = SHARD_HEADER_INT32 * 4
+    if size < header_bytes:
+        raise DataError(f"{path}: header: file is {size} bytes, shorter than the {header_bytes}-byte header")
+    with open(path, "rb") as f:
+        header = np.frombuffer(f.read(header_bytes), dtype=np.int32)
+    if header[0] != SHARD_MAGIC:
+        raise DataError(
+            f"{path}: header: magic is {header[0]}, expected {SHARD_MAGIC} (not an llm.c .bin shard)"
+        )
+    if header[1] != SHARD_VERSION:
+        raise DataError(f"{path}: header: version is {header[1]}, expected {SHARD_VERSION}")
+    body = size - header_bytes
+    if body % 2:
+        raise DataError(
+            f"{path}: length: {body} bytes after the header is not a whole number of uint16 tokens"
+        )
+    count = int(header[2])
+    if count != body // 2:
+        raise DataError(f"{path}: header: token count says {count}, file holds {body // 2}")
+    return count
+
+
+def _max_token(path: str, count: int, chunk: int = 1 << 24) -> int:
+    tokens = np.memmap(path, dtype=np.uint16, mode="r", offset=SHARD_HEADER_INT32 * 4, shape=(count,))
+    top = 0
+    for start in range(0, count, chunk):
+        top = max(top, int(tokens[start : start + chunk].max()))
+    return top
+
+
+def check_shards(pattern: str, vocab_size: int, seq_len: int, val_fraction: float = 0.1) -> None:
+    """Refuse shards with a bad header or length, token ids outside the vocabulary, or too few tokens."""
+    paths = _files(pattern, ".bin shard")
+    counts = {p: shard_header(p) for p in paths}
+    for p, count in counts.items():
+        if count and (top := _max_token(p, count)) >= vocab_size:
+            raise DataError(f"{p}: token id {top} is outside the model's vocabulary of {vocab_size}")
+    val_paths = [p for p in paths if "val" in os.path.basename(p)]
+    train_paths = [p for p in paths if p not in val_paths]
+    if val_paths and train_paths:
+        n_train, n_val = sum(counts[p] for p in train_paths), sum(counts[p] for p in val_paths)
+    else:
+        n_train, n_val = _split_sizes(sum(counts.values()), val_fraction)
+    _check_splits(f"shards {pattern}", n_train, n_val, seq_len)
 
 
 class TextFileSource(_TokenArraySource):
@@ -93,19 +185,10 @@ class TextFileSource(_TokenArraySource):
 
 def read_shard(path: str) -> np.ndarray:
     """Tokens of one llm.c `.bin` shard, validated against its header."""
+    count = shard_header(path)
     with open(path, "rb") as f:
-        header = np.frombuffer(f.read(SHARD_HEADER_INT32 * 4), dtype=np.int32)
-        if len(header) < SHARD_HEADER_INT32:
-            raise DataError(f"{path}: header: file shorter than the 1024-byte header")
-        if header[0] != SHARD_MAGIC:
-            raise DataError(f"{path}: header: magic is {header[0]}, expected {SHARD_MAGIC}")
-        if header[1] != SHARD_VERSION:
-            raise DataError(f"{path}: header: version is {header[1]}, expected {SHARD_VERSION}")
-        count = int(header[2])
-        tokens = np.frombuffer(f.read(), dtype=np.uint16)
-    if len(tokens) != count:
-        raise DataError(f"{path}: header: token count says {count}, file holds {len(tokens)}")
-    return tokens
+        f.seek(SHARD_HEADER_INT32 * 4)
+        return np.frombuffer(f.read(count * 2), dtype=np.uint16)
 
 
 def write_shard(path: str, tokens: np.ndarray) -> None:

@@ -26,6 +26,9 @@ class MarkovCopySource(DataSource):
     concentration: float = 1.0  # Dirichlet concentration of each row's probabilities
     seed: int = 1234  # fixes the chain itself (the same for every cell of a workload)
     val_seed: int = 999_983
+    # re-draws the successors' probabilities from this seed, keeping `seed`'s successors: a shifted
+    # task with the same grammar (which token may follow which) and new preferences (fine-tuning)
+    prob_seed: int | None = None
     successors: np.ndarray = field(init=False, repr=False)
     probs: np.ndarray = field(init=False, repr=False)
 
@@ -36,6 +39,10 @@ class MarkovCopySource(DataSource):
         V, k = self.vocab_size, self.branching
         self.successors = np.stack([rng.choice(V, size=k, replace=False) for _ in range(V)])
         self.probs = rng.dirichlet(np.full(k, self.concentration), size=V)
+        if self.prob_seed is not None:
+            self.probs = np.random.default_rng(self.prob_seed).dirichlet(
+                np.full(k, self.concentration), size=V
+            )
         self._succ_t = torch.from_numpy(self.successors).long()
         self._cum_t = torch.from_numpy(np.cumsum(self.probs, axis=1)).double()
         self._cum_t[:, -1] = 1.0 + 1e-9  # guard against float round-off at the top of each row
