@@ -341,7 +341,9 @@ def test_the_gate_matches_tuned_configurations_by_tuning_key_on_their_studies(tu
     assert set(comparison["config_key"]) == set(rows["tuning_key"])
     lion = comparison[(comparison["variant"] == "lion") & (comparison["metric"] == "time_to_target_s")]
     assert int(lion["n_baseline"].iloc[0]) == 3  # the three studies' winners
-    assert set(comparison.loc[comparison["variant"] == "lion", "kind"]) == {"reached", "noisy"}
+    # tuned winners are noisy (picked by measured time); the cells row checks every study measured
+    assert set(comparison.loc[comparison["variant"] == "lion", "kind"]) == {"cells", "reached", "noisy"}
+    assert set(comparison["verdict"]) <= {"ok", "insufficient_data", "not_measured"}
 
 
 def test_the_gate_never_compares_defaults_with_external_and_says_so(tmp_path, tuned_cells, capsys):
@@ -353,7 +355,12 @@ def test_the_gate_never_compares_defaults_with_external_and_says_so(tmp_path, tu
         directory.mkdir()
         frame.to_parquet(directory / "cells.parquet", index=False)
         (directory / "run.json").write_text(json.dumps({"schema_version": 1, "run_id": directory.name}))
-    assert gate.compare(default_rows, tuned_rows).empty
+    # never compared: the gate fails closed on each baseline configuration the candidate lacks
+    closed = gate.compare(default_rows, tuned_rows)
+    assert set(closed["kind"]) == {"cells"} and set(closed["verdict"]) == {"regression"}
+    assert set(closed["ruleset"]) == {"defaults"} and sorted(closed["variant"]) == ["adamw", "lion"]
+    allowed = gate.compare(default_rows, tuned_rows, allow_missing=True)
+    assert set(allowed["verdict"]) == {"insufficient_data"}
     mismatched = tuning.ruleset_mismatches(default_rows, tuned_rows)
     assert sorted(mismatched["variant"]) == ["adamw", "lion"]
     assert set(mismatched["baseline_ruleset"]) == {"defaults"} and set(mismatched["candidate_ruleset"]) == {
@@ -366,7 +373,10 @@ def test_the_gate_never_compares_defaults_with_external_and_says_so(tmp_path, tu
         [default_rows[default_rows["variant"] == "adamw"], tuned_rows[tuned_rows["variant"] == "lion"]]
     )
     mixed.to_parquet(base_dir / "cells.parquet", index=False)
-    assert gate_cli.cli_main([str(base_dir), str(cand_dir)]) == 0
+    # adamw at defaults is missing from the candidate: a regression (fail closed), said why
+    assert gate_cli.cli_main([str(base_dir), str(cand_dir)]) == 1
+    assert "adamw: baseline defaults, candidate external" in capsys.readouterr().out
+    assert gate_cli.cli_main([str(base_dir), str(cand_dir), "--allow-missing"]) == 0
     out = capsys.readouterr().out
     assert "| ruleset |" in out and "| lion | external |" in out
     assert (
