@@ -181,6 +181,23 @@ def test_a_non_float_option_cannot_be_tuned_and_the_cli_exits_2(tmp_path, capsys
     assert "tuning: --ruleset external needs a [tuning] table" in capsys.readouterr().err
 
 
+def test_the_cell_limit_counts_trials_and_a_tuned_scenario_cannot_hold_pipeline_stages(tmp_path):
+    path = write(tmp_path, TUNED)
+    assert len(plan.load(path, max_cells=18).cells) == 18  # 2 configurations x 3 studies x 3 trials
+    with pytest.raises(plan.ScenarioError, match=r"tuning: 18 trial cells, more than the limit of 17"):
+        plan.load(path, max_cells=17)  # the matrix alone is 6 cells: the limit applies after expansion
+    staged = write(
+        tmp_path,
+        'seeds = [0, 1, 2]\n[matrix]\ntechniques = ["dpo"]\n[[include]]\nworkload = "rlhf-tiny-rm"\n'
+        'techniques = "adamw"\n[tuning]\ntrials = 2\n',
+        head=HEAD.replace('"lm-tiny"', '"rlhf-tiny"').replace("target_loss = 3.2\n", ""),
+        name="staged.toml",
+    )
+    with pytest.raises(plan.ScenarioError, match=r"cannot tune pipeline stages yet \(rlhf-tiny read"):
+        plan.load(staged)
+    assert plan.load(staged, ruleset_override="defaults").ruleset == "defaults"
+
+
 # -- analysis: studies' winners, the median over studies, the tuning cost -----------------------------
 
 #: (variant, study) -> per trial: (time to target or None, best val loss, train time)
@@ -392,7 +409,11 @@ def test_the_ranked_table_report_and_display_label_every_row_with_its_ruleset(tm
     cells, rows = tuned_cells
     print_ranked_table(rows, "title")
     out = capsys.readouterr().out
-    assert out.count("external") >= 2 and "tuning time (s)" in out and "471" in out
+    assert "tuning time (s)" in out and "471" in out
+    # every ranked row names its ruleset in its own cell (not only the caption)
+    ranked = [line.split("\u2502") for line in out.splitlines() if line.count("\u2502") > 5]
+    ranked = [[part.strip() for part in line] for line in ranked if line[2].strip() in ("adamw", "lion")]
+    assert len(ranked) == 2 and all(line[3] == "external" for line in ranked)
     lion_lr = {c.trial: c.tuned["lion.lr"] for c in cells if c.variant == "lion" and c.study == 0}
     assert f"lion: study 0: lion.lr={lion_lr[1]:.4g}" in out
     board = display.leaderboard(rows, "time_to_target_s")
