@@ -91,6 +91,7 @@ def _run(args, server) -> int:
             repeats_override=args.repeat,
             max_cells=args.max_cells,
             cpu=machine.cpu_capability(),
+            ruleset_override=args.ruleset,
         )
         grid_intensity()  # a bad BENCHBED_GRID_INTENSITY fails here, not in every cell
         shard = shards.parse_shard(args.shard) if args.shard else None
@@ -119,10 +120,17 @@ def _run(args, server) -> int:
                 if v
             )
             mark = "done" if c.cell_id in skip else "todo"
+            tuned = ""
+            if c.ruleset == "external":
+                values = " ".join(f"{k}={v:g}" for k, v in sorted(c.tuned.items()))
+                tuned = f" ruleset=external study={c.study} trial={c.trial}" + (
+                    f" tuned({values})" if values else ""
+                )
             print(
                 f"  [{mark}] {c.cell_id}  workload={c.workload} techniques={c.techniques_label} seed={c.seed} "
                 f"repeat={c.repeat} batch_size={c.batch_size} lr={c.lr:g} target={c.target_loss:g} budget({budget}) device={c.device}"
                 + (f" threads={c.threads}" if c.threads else "")
+                + tuned
             )
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
@@ -182,7 +190,9 @@ def _run(args, server) -> int:
     cells = results.cells
     cells = cells[cells["cell_id"].isin({c.cell_id for c in select(scenario.cells, args.only)})]
     ranking = "time-to-target" if args.rank_by == "time_to_target_s" else f"ranked by {args.rank_by}"
-    print_ranked_table(cells, f"{scenario.name}: {ranking} ({out_dir})", rank_by=args.rank_by)
+    print_ranked_table(
+        cells, f"{scenario.name}: {ranking}, ruleset {scenario.ruleset} ({out_dir})", rank_by=args.rank_by
+    )
     if lost:
         _say(f"{len(lost)} cell(s) lost with their Ray worker; run again to resume")
         return EXIT_FAIL
@@ -377,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each (configuration, seed) K times (for noisy-metric statistics)",
     )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
+    p.add_argument(
+        "--ruleset",
+        choices=("external", "defaults"),
+        help="override the scenario's tuning ruleset: 'defaults' runs a tuned scenario once per seed at "
+        "paper defaults (results in results/<name>-defaults); see docs/tuning.md",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--launcher",

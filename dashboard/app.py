@@ -49,7 +49,20 @@ def main() -> None:
         key="filter_category",
         help="Keeps configurations using a technique of a chosen category; baselines always stay.",
     )
-    filters = (tuple(run_ids), tuple(workloads), tuple(devices), tuple(scenarios), tuple(categories))
+    rulesets = st.sidebar.multiselect(
+        "Tuning ruleset",
+        shared.ruleset_choices(cells),
+        key="filter_ruleset",
+        help="external: tuned in studies of trials (each study's best trial); defaults: paper defaults.",
+    )
+    filters = (
+        tuple(run_ids),
+        tuple(workloads),
+        tuple(devices),
+        tuple(scenarios),
+        tuple(categories),
+        tuple(rulesets),
+    )
     shown = shared.filtered_cells(cells, filters)
 
     view = by_title[title]

@@ -71,10 +71,19 @@ def cached_leaderboard(dirs: tuple[str, ...], stamp: tuple, filters: tuple, rank
 
 
 def filtered_cells(cells: pd.DataFrame, filters: tuple) -> pd.DataFrame:
-    run_ids, workloads, devices, scenarios, categories = (list(f) for f in filters)
+    """The cells the sidebar keeps: filters are (runs, workloads, devices, scenarios, categories[,
+    rulesets]), each empty for all."""
+    run_ids, workloads, devices, scenarios, categories, *rest = (list(f) for f in filters)
     if run_ids:
         cells = cells[cells["run_id"].astype(str).isin(run_ids)]
-    return display.filter_cells(cells, workloads, devices, scenarios, categories)
+    return display.filter_cells(cells, workloads, devices, scenarios, categories, rest[0] if rest else None)
+
+
+def ruleset_choices(cells: pd.DataFrame) -> list[str]:
+    """The tuning rulesets of the loaded cells (cells without the column ran at defaults)."""
+    if "ruleset" not in cells or cells.empty:
+        return ["defaults"] if not cells.empty else []
+    return sorted(cells["ruleset"].fillna("defaults").astype(str).unique())
 
 
 def baseline_mask(cells: pd.DataFrame) -> pd.Series:

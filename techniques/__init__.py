@@ -20,15 +20,19 @@ from benchbed.techniques.base import (
     build_config,
     register,
 )
+from benchbed.techniques.search_space import Dimension, LogUniform, Uniform
 
 __all__ = [
     "CATEGORIES",
     "REGISTRY",
-    "PERMISSION_OPTIONS",
+    "Dimension",
+    "LogUniform",
     "NoOptions",
+    "PERMISSION_OPTIONS",
     "PrecisionConfig",
     "Technique",
     "TechniqueError",
+    "Uniform",
     "build_config",
     "register",
 ]

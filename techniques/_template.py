@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchbed.techniques.base import Technique, TechniqueError, register
+from benchbed.techniques.search_space import Uniform
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Template(Technique):
     category = "compute/sparse"
     paper = "Authors year, Title"
     Config = TemplateConfig
+    # what the external tuning ruleset may tune (float options; docs/tuning.md); delete if nothing
+    search_space = {"strength": Uniform(0.1, 1.0)}
 
     def validate(self, cell):
         if cell.get("device") == "cpu" and False:  # replace with a real refusal, or delete the hook

@@ -31,6 +31,7 @@ import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from benchbed.techniques.search_space import Dimension
 from benchbed.workloads import WORKLOADS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,6 +73,14 @@ def register(cls: type[Technique]) -> type[Technique]:
         raise RuntimeError(f"technique name '{cls.name}' registered twice")
     if cls.category not in CATEGORIES:
         raise RuntimeError(f"technique '{cls.name}': unknown category '{cls.category}'")
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    for option, dimension in cls.search_space.items():
+        if option not in fields:
+            raise RuntimeError(f"technique '{cls.name}': search_space.{option}: not an option of its config")
+        try:
+            dimension.check()
+        except ValueError as exc:
+            raise RuntimeError(f"technique '{cls.name}': search_space.{option}: {exc}") from None
     REGISTRY[cls.name] = cls
     return cls
 
@@ -132,6 +141,8 @@ class Technique:
     #: against what the CPU computes natively (`measure.machine.cpu_capability`); give such a
     #: technique a `PrecisionConfig` (its `allow_emulated` option)
     precision: ClassVar[str | None] = None
+    #: option -> range the `external` ruleset tunes (docs/tuning.md); empty: nothing to tune
+    search_space: ClassVar[dict[str, Dimension]] = {}
     # the step's FLOPs vary at random from step to step (layer drop): the FLOP counter samples more steps
     stochastic_flops: ClassVar[bool] = False
     # model families (Workload.family) whose seams the technique edits; empty = any model. validate()
@@ -179,6 +190,12 @@ class Technique:
 
     def after_step(self, ctx: TrainContext) -> None:
         """Schedules that act between steps (growth, layer drop, pruning)."""
+
+    @classmethod
+    def declared_space(cls, config: Any) -> dict[str, Dimension]:
+        """The search space for a cell with `config` (a technique whose space depends on an option,
+        such as the fused optimizer's algorithm, overrides this); `search_space` by default."""
+        return dict(cls.search_space)
 
     @classmethod
     def describe(cls) -> str:

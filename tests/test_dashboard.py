@@ -63,7 +63,7 @@ def copy_me_view_app():
     dirs = shared.result_dirs()
     stamp = shared.files_stamp(dirs)
     data = shared.load(dirs, stamp)
-    context = shared.ViewContext(data=data, cells=data.cells, dirs=dirs, stamp=stamp, filters=((),) * 5)
+    context = shared.ViewContext(data=data, cells=data.cells, dirs=dirs, stamp=stamp, filters=((),) * 6)
     _template.render(context)
 
 

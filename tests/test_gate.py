@@ -138,6 +138,14 @@ def test_configuration_that_no_longer_reaches_on_a_gpu_is_a_regression():
     assert verdicts(gate.compare(base, cand))["reached"] == "regression"
 
 
+def test_reaching_on_half_of_an_even_number_of_seeds_no_longer_counts_as_reached():
+    # on a GPU (no per-seed rule): 4 of 4 seeds reached before, 2 of 4 now; half is not more than half
+    base = make_cells(device="cuda", n_seeds=4)
+    cand = make_cells(device="cuda", n_seeds=4, rng_seed=1)
+    cand.loc[cand["seed"] >= 2, "status"] = "budget_exhausted"
+    assert verdicts(gate.compare(base, cand))["reached"] == "regression"
+
+
 def test_deterministic_metrics_must_match_per_seed_on_cpu():
     base = make_cells()
     cand = make_cells(rng_seed=1)

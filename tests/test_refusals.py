@@ -328,7 +328,8 @@ def test_gate_markdown_escapes_hostile_variant_names(tmp_path):
     assert gate_cli.cli_main([str(base), str(cand), "--markdown", str(markdown)]) == 0
     text = markdown.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| lm")]
-    assert rows and all(line.count("|") - line.count("\\|") == 11 for line in rows)  # no extra cell
+    # 11 columns (ruleset among them): 12 unescaped bars, no extra cell
+    assert rows and all(line.count("|") - line.count("\\|") == 12 for line in rows)
     for raw in ("<img", "](http", "@here", "**bold**", "\n# h1", "`code`"):
         assert raw not in text, raw
     assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in text

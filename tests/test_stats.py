@@ -45,12 +45,13 @@ def make_cells(spec: list[tuple], *, device: str = "cpu", baseline: str = "adamw
     return pd.DataFrame(rows)
 
 
-def test_median_treats_unreached_as_slowest_and_uses_lower_middle_against_inf():
+def test_median_treats_unreached_as_slowest():
     assert bootstrap.median([3.0, 1.0, 2.0]) == 2.0
     assert bootstrap.median([1.0, 2.0, 3.0, 10.0]) == 2.5
     assert bootstrap.median([1.0, 2.0, math.inf]) == 2.0
-    # half reached: the midpoint with +inf is undefined; the slowest reached value is the median
-    assert bootstrap.median([1.0, 4.0, math.inf, math.inf]) == 4.0
+    # half reached is not reached: the median of an even count with +inf as upper middle is +inf
+    assert bootstrap.median([1.0, 4.0, math.inf, math.inf]) == math.inf
+    assert bootstrap.median([1.0, math.inf]) == math.inf
     assert bootstrap.median([1.0, math.inf, math.inf]) == math.inf
     assert math.isnan(bootstrap.median([]))
 
@@ -73,7 +74,7 @@ def test_bootstrap_ci_is_seeded_contains_median_and_handles_inf():
     assert all(math.isnan(v) for v in bootstrap.bootstrap_ci([4.0]))  # one value: no interval
 
 
-def test_summarize_groups_seeds_and_applies_half_rule():
+def test_summarize_groups_seeds_and_applies_the_majority_rule():
     cells = make_cells(
         [
             ("w", "adamw", 1, 10.0),
@@ -83,7 +84,10 @@ def test_summarize_groups_seeds_and_applies_half_rule():
             ("w", "lion", 2, None),
             ("w", "lion", 3, None),  # 1 of 3 reached: did not reach
             ("w", "sophia", 1, 9.0),
-            ("w", "sophia", 2, None),  # 1 of 2 reached: still reached (not fewer than half)
+            ("w", "sophia", 2, None),  # 1 of 2 reached: not more than half, did not reach
+            ("w", "nadam", 1, 9.0),
+            ("w", "nadam", 2, None),
+            ("w", "nadam", 3, 7.0),  # 2 of 3 reached: more than half
         ]
     )
     summary = tables.summarize(cells).set_index("variant")
@@ -92,8 +96,10 @@ def test_summarize_groups_seeds_and_applies_half_rule():
     assert bool(summary.loc["lion", "reached"]) is False
     assert summary.loc["lion", "time_to_target_s"] == math.inf
     assert summary.loc["lion", "status_counts"] == "reached:1 budget_exhausted:2"
-    assert bool(summary.loc["sophia", "reached"]) is True
-    assert summary.loc["sophia", "time_to_target_s"] == 9.0
+    assert bool(summary.loc["sophia", "reached"]) is False
+    assert summary.loc["sophia", "time_to_target_s"] == math.inf
+    assert bool(summary.loc["nadam", "reached"]) is True
+    assert summary.loc["nadam", "time_to_target_s"] == 9.0
     # energy was not measured anywhere: NaN, never 0
     assert summary["energy_to_target_j"].isna().all()
     assert (summary["energy_to_target_j_n"] == 0).all()
@@ -124,6 +130,23 @@ def test_leaderboard_orders_best_first_unreached_last_with_speedups():
     assert list(by_throughput["variant"][:3]) == ["lion", "adamw", "slow"]
     with pytest.raises(ValueError, match="rank_by"):
         tables.leaderboard(cells, rank_by="nonsense")
+
+
+def test_a_half_reached_even_seed_combination_ranks_as_not_reached():
+    # "fast" reached on seed 1 only (1 of 2): before the majority rule it ranked first at 5 s
+    cells = make_cells(
+        [
+            ("w", "adamw", 1, 10.0),
+            ("w", "adamw", 2, 12.0),
+            ("w", "fast", 1, 5.0),
+            ("w", "fast", 2, None),
+        ]
+    )
+    table = tables.leaderboard(cells).set_index("variant")
+    assert bool(table.loc["fast", "reached"]) is False
+    assert table.loc["fast", "rank"] == 2 and table.loc["adamw", "rank"] == 1
+    assert table.loc["fast", "time_to_target_s"] == math.inf  # shown as "not reached", not 5 s
+    assert table.loc["fast", "speedup"] == 0.0
 
 
 def test_leaderboard_olympic_aggregate():

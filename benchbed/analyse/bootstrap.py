@@ -72,9 +72,9 @@ def energy_measured(cells: pd.DataFrame) -> np.ndarray:
 def _median_rows(sorted_samples: np.ndarray) -> np.ndarray:
     """Median of each row of an already sorted 2-D array, tolerant of +inf.
 
-    The midpoint of a finite value and +inf is undefined in the usual sense (it evaluates to inf and
-    would call a half-reached combination infinitely slow), so when the upper middle is +inf the
-    lower middle is the median.
+    With an even count whose upper middle is +inf (exactly half reached, or fewer) the median is
+    +inf: a combination reaches only when more than half of its cells did, and its median time says
+    the same (the midpoint of a finite value and +inf is +inf).
     """
     n = sorted_samples.shape[1]
     return _median_of_middles(sorted_samples[:, (n - 1) // 2], sorted_samples[:, n // 2])
@@ -83,8 +83,7 @@ def _median_rows(sorted_samples: np.ndarray) -> np.ndarray:
 def _median_of_middles(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """``_median_rows`` from the lower and upper middle values alone."""
     with np.errstate(invalid="ignore"):
-        midpoint = (lower + upper) / 2.0
-    return np.where(np.isinf(upper) & ~np.isinf(lower), lower, midpoint)
+        return (lower + upper) / 2.0
 
 
 def median(values: Sequence[float] | np.ndarray) -> float:

@@ -14,13 +14,18 @@ never the run id) and gives every cell × metric one verdict:
   not a regression). A ratio over the threshold without significance is "suspicious". The exact
   test cannot reach p < 0.01 with fewer than 5 samples per side (the smallest p with 4 and 4 is
   1/70), so fewer samples give "insufficient_data", which fails only under ``--strict``.
-- ``reached``: a configuration that reached its target before and does not now is a regression.
+- ``reached``: a configuration that reached its target before (more than half of its cells) and
+  does not now is a regression.
 - ``cells``: the gate fails closed. A candidate cell that produced no measurement (status
   ``error``, ``timeout``, ``oom`` or ``killed``, or absent) where the baseline cell of the same
   seed and repeat had one is a regression, and so is a configuration of the baseline the candidate
   does not have at all (``allow_missing`` makes that insufficient data, for configurations removed
   on purpose). Such cells add no sample to any metric (they are not "did not reach": nothing was
   measured), and a metric measured in the baseline but not in the candidate is a regression too.
+
+Tuning rulesets (docs/gate.md): both tables go through ``benchbed.analyse.tuning.ranking_cells``
+first, so a tuned configuration is matched by its ``tuning_key``, with its studies' winners as
+samples, and judged as noisy (winners are picked by measured time); defaults never match external.
 
 Verdicts: ``ok, regression, suspicious, improvement, insufficient_data, not_measured``
 (``not_measured`` only when neither side measured the metric: one this machine cannot measure).
@@ -45,6 +50,7 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from benchbed.analyse.bootstrap import TO_TARGET_METRICS, median, metric_samples, reached_mask
+from benchbed.analyse.tuning import ranking_cells
 from benchbed.results import store
 from benchbed.results.schema import FAILED_STATUSES
 
@@ -93,6 +99,7 @@ COMPARE_COLUMNS = [
     "device",
     "host_kind",
     "variant",
+    "ruleset",
     "config_key",
     "metric",
     "kind",
@@ -226,8 +233,9 @@ def _reached_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame, determi
     cand_reached = reached_mask(cand_cells)
     base_fraction = float(base_reached.mean()) if len(base_cells) else math.nan
     cand_fraction = float(cand_reached.mean()) if len(cand_cells) else math.nan
-    base_ok = 2 * int(base_reached.sum()) >= len(base_cells) and base_reached.any()
-    cand_ok = 2 * int(cand_reached.sum()) >= len(cand_cells) and cand_reached.any()
+    # more than half reached (half of an even count is not), as in benchbed.analyse.tables
+    base_ok = 2 * int(base_reached.sum()) > len(base_cells)
+    cand_ok = 2 * int(cand_reached.sum()) > len(cand_cells)
     out = {
         "baseline_value": base_fraction,
         "candidate_value": cand_fraction,
@@ -244,11 +252,8 @@ def _reached_verdict(base_cells: pd.DataFrame, cand_cells: pd.DataFrame, determi
         common = base_by_seed.index.intersection(cand_by_seed.index)
         lost = [str(seed) for seed in common if base_by_seed[seed] and not cand_by_seed[seed]]
         if lost:
-            return {
-                **out,
-                "verdict": "regression",
-                "note": out["note"] + f"; seed(s) {', '.join(lost)} stopped reaching",
-            }
+            note = out["note"] + f"; seed(s) {', '.join(lost)} stopped reaching"
+            return {**out, "verdict": "regression", "note": note}
     if cand_ok and not base_ok:
         return {**out, "verdict": "improvement"}
     return {**out, "verdict": "ok"}
@@ -329,19 +334,17 @@ def compare(
 
     Cells are matched by ``config_key`` and ``host_kind`` (GPU name or CPU model, see
     ``host_kind``); seeds and repeats of one configuration on one host kind are the samples.
-    ``thresholds`` (default ``GateThresholds()``): ``time_threshold=0.05, throughput_threshold=0.05,
-    energy_threshold=0.05, memory_threshold=0.10`` (relative change of the median that counts),
-    ``alpha=0.01`` (Mann-Whitney significance), ``min_samples=5`` (per side), ``count_rtol=0.0`` and
-    ``loss_rtol=1e-4`` (deterministic tolerances), ``nondeterministic_threshold=0.05``. Keyword
-    ``options`` with those names override single fields (``compare(a, b, time_threshold=0.1)``).
+    ``thresholds``: a ``GateThresholds`` (its fields and defaults are the gate's); keyword
+    ``options`` with its field names override single fields (``compare(a, b, time_threshold=0.1)``).
 
-    Columns (``COMPARE_COLUMNS``): ``workload, device, host_kind, variant, config_key, metric, kind``
-    (``cells | reached | deterministic | noisy``), ``baseline_value, candidate_value`` (medians; for
-    ``reached`` the fraction of cells that reached, for ``cells`` the number of measured cells),
-    ``ratio`` (candidate / baseline), ``threshold, p_value, n_baseline, n_candidate, verdict,
-    note``. A configuration only in the baseline gets one ``cells`` row, a regression unless
-    ``allow_missing`` (then insufficient data); one only in the candidate, or on both sides but
-    never on the same host kind, is not compared (see ``unmatched``). Raises ValueError on an unknown option or missing column.
+    Columns (``COMPARE_COLUMNS``): ``workload, device, host_kind, variant, ruleset, config_key,
+    metric, kind`` (``cells | reached | deterministic | noisy``), ``baseline_value,
+    candidate_value`` (medians; for ``reached`` the fraction of cells that reached, for ``cells``
+    the number of measured cells), ``ratio`` (candidate / baseline), ``threshold, p_value,
+    n_baseline, n_candidate, verdict, note``. A configuration only in the baseline gets one
+    ``cells`` row, a regression unless ``allow_missing`` (then insufficient data); one only in the
+    candidate, or on both sides but never on the same host kind, is not compared (``unmatched``).
+    Raises ValueError on an unknown option or missing column.
     """
     unknown = sorted(set(options) - {field.name for field in dataclasses.fields(GateThresholds)})
     if unknown:
@@ -350,6 +353,7 @@ def compare(
     for name, table in (("baseline", baseline_cells), ("candidate", candidate_cells)):
         if "config_key" not in table.columns:
             raise ValueError(f"{name} cells: config_key: column missing")
+    baseline_cells, candidate_cells = ranking_cells(baseline_cells), ranking_cells(candidate_cells)
     base_kinds, cand_kinds = host_kind(baseline_cells), host_kind(candidate_cells)
     base_groups = set(zip(baseline_cells["config_key"], base_kinds, strict=True))
     cand_groups = set(zip(candidate_cells["config_key"], cand_kinds, strict=True))
@@ -359,18 +363,14 @@ def compare(
     for config_key, kind in common:
         base_all = baseline_cells[(baseline_cells["config_key"] == config_key) & (base_kinds == kind)]
         cand_all = candidate_cells[(candidate_cells["config_key"] == config_key) & (cand_kinds == kind)]
-        first = cand_all.iloc[0]
-        device = str(first.get("device", ""))
-        label = {
-            "workload": first.get("workload"),
-            "device": device,
-            "host_kind": kind,
-            "variant": first.get("variant", first.get("techniques")),
-            "config_key": config_key,
-        }
+        label = _label(cand_all.iloc[0], kind, config_key)
+        device, ruleset = label["device"], label["ruleset"]
         threads = (_threads(base_all), _threads(cand_all))
         same_threads = threads[0] == threads[1] or not (threads[0] and threads[1])
-        deterministic = device.split(":")[0] in DETERMINISTIC_DEVICES and same_threads
+        # a tuned configuration's winners are picked by measured time: not reproducible seed by seed
+        deterministic = (
+            device.split(":")[0] in DETERMINISTIC_DEVICES and same_threads and ruleset != "external"
+        )
         counts = {"n_baseline": len(base_all), "n_candidate": len(cand_all)}
         rows.append(
             {**label, "metric": "cells", "kind": "cells", "threshold": math.nan, **counts}
@@ -424,15 +424,10 @@ def compare(
     # is not comparable (unmatched()["other_host_kind"])
     for config_key in sorted(base_keys - set(candidate_cells["config_key"].dropna())):
         base_all = baseline_cells[baseline_cells["config_key"] == config_key]
-        first = base_all.iloc[0]
         measured = int((~failed_mask(base_all)).sum())
         rows.append(
-            {
-                "workload": first.get("workload"),
-                "device": str(first.get("device", "")),
-                "host_kind": str(host_kind(base_all).iloc[0]),
-                "variant": first.get("variant", first.get("techniques")),
-                "config_key": config_key,
+            _label(base_all.iloc[0], str(host_kind(base_all).iloc[0]), config_key)
+            | {
                 "metric": "cells",
                 "kind": "cells",
                 "baseline_value": float(measured),
@@ -450,9 +445,22 @@ def compare(
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
+def _label(first: pd.Series, kind: str, config_key: str) -> dict:
+    """The columns naming a compared configuration, from one of its cells."""
+    return {
+        "workload": first.get("workload"),
+        "device": str(first.get("device", "")),
+        "host_kind": kind,
+        "variant": first.get("variant", first.get("techniques")),
+        "ruleset": str(first.get("ruleset", "defaults")),
+        "config_key": config_key,
+    }
+
+
 def unmatched(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> dict[str, list[str]]:
-    """config_keys present on only one side (``baseline_only``, ``candidate_only``), and those on
-    both sides but never on the same host kind (``other_host_kind``), which are not compared."""
+    """config_keys (tuned: tuning_keys) on one side only (``baseline_only``, ``candidate_only``), and
+    those on both sides but never on the same host kind (``other_host_kind``): not compared."""
+    baseline_cells, candidate_cells = ranking_cells(baseline_cells), ranking_cells(candidate_cells)
     base = set(baseline_cells["config_key"].dropna())
     cand = set(candidate_cells["config_key"].dropna())
     base_groups = set(zip(baseline_cells["config_key"], host_kind(baseline_cells), strict=True))

@@ -4,7 +4,8 @@ After Dolan & Moré 2002, "Benchmarking optimization software with performance p
 AlgoPerf uses them (Dahl et al. 2023, arXiv:2306.07179): per problem (workload × device) the ratio
 of a submission's time to the best time, rho(tau) the fraction of problems with ratio <= tau for tau
 in [1, 4], and the score the area under rho normalised by (tau_max - 1). Input is the cells table or
-the output of ``benchbed.analyse.tables.summarize``.
+the output of ``benchbed.analyse.tables.summarize``. With both tuning rulesets in the table, a
+submission is labelled with its ruleset ("lion (external)"): the two are never one submission.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def _submission_times(cells_or_summary: pd.DataFrame, metric: str, by: str, aggr
     if by not in summary.columns:
         raise ValueError(f"by: column {by!r} missing")
     frame = summary.assign(problem=summary["workload"].astype(str) + "/" + summary["device"].astype(str))
+    if "ruleset" in frame.columns and frame["ruleset"].nunique() > 1:
+        # a tuned and a defaults configuration are different submissions, never one
+        frame[by] = frame[by].astype(str) + " (" + frame["ruleset"].astype(str) + ")"
     values = frame[metric].astype(float)
     if not METRICS.get(metric, True):
         values = 1.0 / values  # larger-is-better metrics: compare their reciprocals

@@ -5,8 +5,15 @@ docs/contracts.md) and returns DataFrames; nothing imports training code. Seeds 
 configuration are grouped by ``workload, device, config_key`` (a "combination").
 
 A cell that did not reach its target is infinitely slow (AlgoPerf: Dahl et al. 2023, arXiv:2306.07179).
-A combination where fewer than half of its seeds reached is "did not reach" and ranks after every
-combination that did. Point estimates and intervals come from ``benchbed.analyse.bootstrap``.
+A combination reaches only when more than half of its seeds (studies, under the external ruleset)
+reached; one that reached on exactly half of an even number is "did not reach", like one that
+reached on fewer, and ranks after every combination that did. Point estimates and intervals come
+from ``benchbed.analyse.bootstrap``.
+
+Tuned configurations (``ruleset = external``) are ranked on their studies' winning trials: every
+function here first calls ``benchbed.analyse.tuning.ranking_cells``, after which a tuned
+configuration's ``config_key`` is its ``tuning_key`` and each of its rows is one study. Each
+combination carries its ``ruleset`` and tuning cost (``n_trials, tuning_cost_s, tuning_cost_j``).
 
 The column names of the returned tables are stable; docs/gate.md lists them.
 
@@ -41,6 +48,7 @@ from benchbed.analyse.bootstrap import (
     reached_mask,
     seed_is_plain,
 )
+from benchbed.analyse.tuning import RULESETS, cost_sum, is_external, ranking_cells, winners_text
 
 #: seeds and repeats of one configuration on one workload and device form one combination
 GROUP_KEYS = ["workload", "device", "config_key"]
@@ -60,7 +68,18 @@ METRICS: dict[str, bool] = {
 }
 
 #: columns describing a combination, copied from its first cell when present
-_LABEL_COLUMNS = ["scenario", "variant", "techniques", "batch_size", "lr", "baseline", "is_baseline"]
+_LABEL_COLUMNS = [
+    "scenario",
+    "variant",
+    "ruleset",
+    "techniques",
+    "batch_size",
+    "lr",
+    "baseline",
+    "is_baseline",
+]
+#: the tuning cost of a combination: trials run, and the sums of their training time and energy
+COST_COLUMNS = ["n_trials", "tuning_cost_s", "tuning_cost_j", "winners_json"]
 
 
 def _status_counts(statuses: pd.Series) -> str:
@@ -160,19 +179,24 @@ def summarize(
 ) -> pd.DataFrame:
     """One row per combination (``workload, device, config_key``) summarising its seeds and repeats.
 
-    Columns: ``workload, device, config_key, scenario, variant, techniques, batch_size, lr, baseline,
-    is_baseline, n_seeds, n_cells, n_reached, status_counts, reached``, then for every metric in
+    Columns: ``workload, device, config_key, scenario, variant, ruleset, techniques, batch_size, lr,
+    baseline, is_baseline, n_seeds, n_cells, n_reached, status_counts, reached``, then for every metric in
     ``METRICS`` (``time_to_target_s, tokens_to_target, energy_to_target_j, peak_mem_bytes,
     tokens_per_s``, and the memory columns ``saved_activation_bytes, optimizer_state_bytes,
     grad_bytes, param_bytes``) the point estimate under the metric's own name plus ``<metric>_ci_low``,
     ``<metric>_ci_high`` and ``<metric>_n`` (values that were measured), and
-    ``best_val_loss, final_val_loss`` (medians).
+    ``best_val_loss, final_val_loss`` (medians), and the tuning cost ``n_trials, tuning_cost_s,
+    tuning_cost_j`` (sums over every trial behind the combination; NaN when a part was not measured)
+    and ``winners_json`` (each study's winning values; '' under defaults).
 
-    ``reached`` is False when fewer than half of the cells reached; to-target metrics count an
-    unreached cell as +inf, so their estimate is +inf for a combination that did not reach.
+    Under the external ruleset the rows are the studies' winners (``tuning.ranking_cells``), so
+    ``n_seeds`` and ``n_cells`` count studies. ``reached`` is True only when more than half of the
+    cells reached; to-target metrics count an unreached cell as +inf, so their estimate is +inf for
+    a combination that did not reach.
     ``aggregate`` is ``"median"`` (default) or ``"olympic"``; intervals are percentile bootstrap
     intervals at ``confidence``, seeded by ``seed`` (NaN with fewer than two measured values).
     """
+    cells = ranking_cells(cells) if _combinations is None else _combinations.cells
     _require_columns(cells, GROUP_KEYS)
     # leaderboard passes the grouping it already made for summarize
     combos = _combinations if _combinations is not None else _Combinations(cells)
@@ -199,7 +223,7 @@ def summarize(
         row["n_cells"] = len(positions)
         row["n_reached"] = n_reached
         row["status_counts"] = _status_counts_of(statuses, positions) if statuses is not None else ""
-        row["reached"] = 2 * n_reached >= len(positions) and n_reached > 0
+        row["reached"] = 2 * n_reached > len(positions)  # more than half: half of an even count is not
         rows.append(row)
     # one pass per metric over the whole table instead of one pandas filter per combination
     for metric in METRICS:
@@ -228,12 +252,20 @@ def summarize(
     for loss in ("best_val_loss", "final_val_loss"):
         for index, row in enumerate(rows):
             row[loss] = median(combos.samples(loss, index))
+    costs = {column: combos.values(column) for column in ("n_trials", "tuning_cost_s", "tuning_cost_j")}
+    external = is_external(cells)
+    for index, row in enumerate(rows):
+        positions = combos.positions[index]
+        for column, values in costs.items():
+            row[column] = cost_sum(values[positions]) if values is not None else np.nan
+        row["winners_json"] = winners_text(cells.iloc[positions]) if external[positions].any() else ""
     columns = (
         GROUP_KEYS
         + _LABEL_COLUMNS
         + ["n_seeds", "n_cells", "n_reached", "status_counts", "reached"]
         + [f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci_low", "_ci_high", "_n")]
         + ["best_val_loss", "final_val_loss"]
+        + COST_COLUMNS
     )
     return pd.DataFrame(rows, columns=columns)
 
@@ -241,12 +273,17 @@ def summarize(
 # -- speedups against the scenario's baseline ---------------------------------------------------
 
 
-def _baseline_cells(cells: pd.DataFrame, workload, device, baseline_label, scenario=None) -> pd.DataFrame:
-    """The cells of the baseline combination for one workload and device (may be empty)."""
+def _baseline_cells(
+    cells: pd.DataFrame, workload, device, baseline_label, scenario=None, ruleset=None
+) -> pd.DataFrame:
+    """The cells of the baseline combination for one workload and device (may be empty). Only a
+    baseline of the same ruleset counts: a tuned number is never divided by a defaults one."""
     if "is_baseline" not in cells.columns:
         return cells.iloc[0:0]
     is_baseline = cells["is_baseline"].fillna(False).astype(bool)
     candidates = cells[is_baseline & (cells["workload"] == workload) & (cells["device"] == device)]
+    if ruleset is not None and "ruleset" in candidates.columns:
+        candidates = candidates[candidates["ruleset"] == ruleset]
     if candidates["config_key"].nunique() > 1 and scenario is not None and "scenario" in candidates.columns:
         # several scenarios loaded together: a combination's baseline is its own scenario's
         same_scenario = candidates[candidates["scenario"] == scenario]
@@ -277,6 +314,7 @@ def speedups(
 ) -> pd.DataFrame:
     """Speedup of every combination against its scenario's baseline on the same workload and device.
 
+    Only a baseline of the combination's own ruleset counts (NaN without one).
     ``speedup = baseline / combination`` for smaller-is-better metrics (2.0 = twice as fast) and
     ``combination / baseline`` for ``tokens_per_s``; exactly 1.0 for the baseline itself; 0.0 when the
     combination did not reach and the baseline did, NaN when neither reached or no baseline is in
@@ -285,6 +323,7 @@ def speedups(
     two-sample bootstrap of the ratio of aggregates. Columns: ``workload, device, config_key,
     variant, baseline, metric, speedup, speedup_ci_low, speedup_ci_high``.
     """
+    cells = ranking_cells(cells) if _combinations is None else _combinations.cells
     _require_columns(cells, GROUP_KEYS)
     if metric not in METRICS:
         raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
@@ -307,11 +346,12 @@ def speedups(
         variant = first["variant"] if "variant" in cells.columns else first.get("techniques")
         baseline_label = first["baseline"] if "baseline" in cells.columns else None
         scenario = first["scenario"] if "scenario" in cells.columns else None
-        question = (workload, device, baseline_label, scenario)
+        ruleset = first["ruleset"] if "ruleset" in cells.columns else None
+        question = (workload, device, baseline_label, scenario, ruleset)
         try:
             base_positions, base_keys = baseline_lookup[question]
         except (KeyError, TypeError):  # TypeError: an unhashable label, not looked up twice
-            base = _baseline_cells(baseline_pool, workload, device, baseline_label, scenario)
+            base = _baseline_cells(baseline_pool, workload, device, baseline_label, scenario, ruleset)
             base_positions = base.index.to_numpy(dtype=np.int64)
             base_keys = base["config_key"]
             with contextlib.suppress(TypeError):
@@ -361,6 +401,7 @@ LEADERBOARD_COLUMNS = [
     "workload",
     "device",
     "variant",
+    "ruleset",
     "techniques",
     "n_seeds",
     "n_cells",
@@ -403,6 +444,7 @@ LEADERBOARD_COLUMNS = [
     "baseline",
     "scenario",
     "config_key",
+    *COST_COLUMNS,
 ]
 
 
@@ -415,18 +457,21 @@ def leaderboard(
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """The ranked table: one row per combination, best first within each workload × device.
+    """The ranked table: one row per combination, best first within each workload × device × ruleset.
 
-    Ranks (``rank``, 1 = best) are assigned per ``workload, device`` by the aggregate of ``rank_by``
-    (smaller first, larger first for ``tokens_per_s``). Combinations that did not reach (fewer than
-    half of their cells reached) rank after all that did, ordered by their median best validation
-    loss; combinations whose ``rank_by`` was not measured (NaN, e.g. energy on a machine without a
-    sensor) rank after the measured ones. ``speedup`` is against the baseline for ``rank_by``
-    (see ``speedups``). Columns: ``LEADERBOARD_COLUMNS``; rows sorted by workload, device, rank.
+    Ranks (``rank``, 1 = best) are assigned per ``workload, device, ruleset`` by the aggregate of
+    ``rank_by`` (smaller first, larger first for ``tokens_per_s``): a tuned configuration is ranked
+    among tuned ones, a defaults one among defaults ones, never across. Combinations that did not
+    reach (no more than half of their cells, or studies, reached) rank after all that did, ordered
+    by their median best validation loss; combinations whose ``rank_by`` was not measured (NaN, e.g.
+    energy on a machine without a sensor) rank after the measured ones. ``speedup`` is against the
+    baseline of the same ruleset for ``rank_by`` (see ``speedups``). Columns:
+    ``LEADERBOARD_COLUMNS``; rows sorted by workload, device, ruleset (external first), rank.
     """
     if rank_by not in METRICS:
         raise ValueError(f"rank_by: expected one of {', '.join(METRICS)}, got {rank_by!r}")
     options = dict(aggregate=aggregate, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    cells = ranking_cells(cells)
     _require_columns(cells, GROUP_KEYS)
     combos = _Combinations(cells)
     summary = summarize(cells, **options, _combinations=combos)
@@ -442,8 +487,13 @@ def leaderboard(
     table["_unmeasured"] = value.isna()
     table["_key"] = (sign * value).fillna(np.inf)
     table["_loss"] = table["best_val_loss"].astype(float).fillna(np.inf)
-    table = table.sort_values(
-        ["workload", "device", "_unreached", "_unmeasured", "_key", "_loss", "variant"], kind="stable"
+    table["ruleset"] = table["ruleset"].fillna("defaults")
+    table["_ruleset"] = (
+        table["ruleset"].map({name: i for i, name in enumerate(RULESETS)}).fillna(len(RULESETS))
     )
-    table["rank"] = table.groupby(["workload", "device"], sort=False).cumcount() + 1
+    table = table.sort_values(
+        ["workload", "device", "_ruleset", "_unreached", "_unmeasured", "_key", "_loss", "variant"],
+        kind="stable",
+    )
+    table["rank"] = table.groupby(["workload", "device", "ruleset"], sort=False).cumcount() + 1
     return table[LEADERBOARD_COLUMNS].reset_index(drop=True)

@@ -19,6 +19,11 @@ from benchbed.techniques import CATEGORIES, REGISTRY
 from benchbed.workloads import WORKLOADS
 
 
+def _hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def stage_dir(workload: str, config_key: str, seed: int, repeat: int) -> str:
     """A stage checkpoint's directory under the results directory: keyed by the producing cell's
     configuration, seed and repeat, so a changed stage never feeds a later one stale weights."""
@@ -59,6 +64,14 @@ class Cell:
     base_dir: str = "."
     threads: int | None = None  # torch intra-op threads of a CPU cell; None: torch's default
     baseline: str = ""
+    warmup_frac: float | None = None  # the run's warm-up fraction; None: the workload's
+    # tuning (plan/tuning.py): the ruleset, and for an `external` trial its study, its index, the
+    # values the tuner set ("lion.lr", "warmup_frac"), and the configuration's space and trial count
+    ruleset: str = "defaults"
+    study: int | None = None
+    trial: int | None = None
+    tuned: dict[str, float] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
     # earlier pipeline stages this cell reads: workload name -> the config_key of the cell (same
     # seed and repeat) that trains it (plan/stages.py links them; part of the configuration)
     inputs: dict[str, str] = field(default_factory=dict)
@@ -71,7 +84,8 @@ class Cell:
     grid_intensity: float | None = field(default=None, compare=False)
 
     def config(self) -> dict[str, Any]:
-        """Everything that defines the configuration, without seed and repeat."""
+        """Everything that defines the configuration, without seed and repeat (for a trial: with
+        the values the tuner set)."""
         config = {
             "workload": self.workload,
             "data": self.data,
@@ -91,8 +105,31 @@ class Cell:
             # only when set, so the keys of cells that leave it to torch stay what they were
             **({"threads": self.threads} if self.threads is not None else {}),
         }
+        # added only when set, so the keys of configurations without them stay what they were
+        if self.warmup_frac is not None:
+            config["warmup_frac"] = self.warmup_frac
+        if self.ruleset != "defaults":
+            config["ruleset"] = self.ruleset
+            config["tuning"] = self.tuning
         if self.inputs:  # only stages have inputs: every other cell keeps its config_key
             config["inputs"] = dict(sorted(self.inputs.items()))
+        return config
+
+    def untuned_options(self) -> dict[str, dict[str, Any]]:
+        """`options` without the values the tuner set."""
+        kept = {
+            name: {k: v for k, v in opts.items() if f"{name}.{k}" not in self.tuned}
+            for name, opts in self.options.items()
+        }
+        return {name: opts for name, opts in kept.items() if opts}
+
+    def untuned_config(self) -> dict[str, Any]:
+        """`config()` without the tuned values: the same for every trial and study of a tuned
+        configuration (hashed as `tuning_key`)."""
+        config = self.config()
+        config["options"] = self.untuned_options()
+        if "warmup_frac" in self.tuned:
+            config.pop("warmup_frac", None)
         return config
 
     def input_dir(self, name: str) -> str:
@@ -125,8 +162,13 @@ class Cell:
 
     @property
     def config_key(self) -> str:
-        blob = json.dumps(self.config(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return _hash(self.config())
+
+    @property
+    def tuning_key(self) -> str:
+        """The configuration without tuned values: groups a tuned configuration's trials and studies
+        (equal to `config_key` under the defaults ruleset)."""
+        return _hash(self.untuned_config())
 
     @property
     def techniques_label(self) -> str:
@@ -140,8 +182,9 @@ class Cell:
     def variant(self) -> str:
         """Readable label of the configuration (what differs between cells of one scenario)."""
         parts = []
+        options = self.untuned_options()
         for name in sorted(self.techniques):
-            opts = self.options.get(name)
+            opts = options.get(name)
             parts.append(
                 name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "]" if opts else "")
             )
@@ -151,6 +194,13 @@ class Cell:
             label += f" bs={self.batch_size}"
         if wl is not None and not math.isclose(self.lr, wl.lr):
             label += f" lr={self.lr:g}"
+        if (
+            wl is not None
+            and self.warmup_frac is not None
+            and "warmup_frac" not in self.tuned
+            and not math.isclose(self.warmup_frac, wl.warmup_frac)
+        ):
+            label += f" warmup={self.warmup_frac:g}"
         return label
 
     @property
@@ -161,7 +211,8 @@ class Cell:
     def cell_id(self) -> str:
         slug = re.sub(r"[^A-Za-z0-9]+", "_", self.variant).strip("_")[:60]
         rep = f"-r{self.repeat}" if self.repeat else ""
-        return f"{self.workload}-{slug}-s{self.seed}{rep}-{self.config_key[:8]}"
+        trial = f"-t{self.trial}" if self.trial is not None else ""
+        return f"{self.workload}-{slug}-s{self.seed}{rep}{trial}-{self.config_key[:8]}"
 
     def identity(self) -> dict[str, Any]:
         """The identity columns of this cell's result row (results.schema, group identity), all but
@@ -187,6 +238,11 @@ class Cell:
             "is_baseline": self.is_baseline,
             "target_loss": self.target_loss,
             "config_json": json.dumps(self.config(), sort_keys=True, default=str),
+            "ruleset": self.ruleset,
+            "study": self.study,
+            "trial": self.trial,
+            "tuning_key": self.tuning_key,
+            "tuned_json": json.dumps(self.tuned, sort_keys=True) if self.ruleset == "external" else None,
         }
 
     def to_spec(self) -> dict[str, Any]:

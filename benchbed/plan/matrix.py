@@ -16,8 +16,10 @@ from typing import Any
 
 from benchbed.plan import profile as profiling
 from benchbed.plan import stages
+from benchbed.plan import tuning as tuning_table
 from benchbed.plan.cell import Cell, lifecycle_order
-from benchbed.plan.scenario import MAX_SEED, ScenarioError, ScenarioSpec, _Checker, suggest
+from benchbed.plan.check import ScenarioError, _Checker, suggest
+from benchbed.plan.scenario import MAX_SEED, ScenarioSpec, check_warmup_frac
 from benchbed.techniques import PERMISSION_OPTIONS, REGISTRY, TechniqueError, build_config
 from benchbed.workloads import WORKLOADS
 
@@ -35,6 +37,7 @@ class Scenario:
     cells: list[Cell]
     baseline: str
     description: str = ""
+    ruleset: str = "defaults"  # external when the scenario's cells are tuning trials
 
 
 def parse_combo(ck: _Checker, combo, field_name: str) -> tuple[str, ...]:
@@ -71,13 +74,14 @@ def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
     target, eval_every = spec.target_loss, spec.eval_every_tokens
 
     # technique combinations and options ------------------------------------------------------
-    known_axes = {"techniques", "batch_size", "lr", "workload"}
+    known_axes = {"techniques", "batch_size", "lr", "workload", "warmup_frac"}
     for key in matrix:
         if key not in known_axes and "." not in key:
             raise ck.fail(
                 f"matrix.{key}",
-                f"unknown axis{suggest(key, known_axes)} (techniques, batch_size, lr, workload, or TECHNIQUE.OPTION)",
+                f"unknown axis{suggest(key, known_axes)} (techniques, batch_size, lr, workload, warmup_frac, or TECHNIQUE.OPTION)",
             )
+
     combos = ck.list_of(
         matrix.get("techniques", [DEFAULT_OPTIMIZER]),
         "matrix.techniques",
@@ -115,6 +119,11 @@ def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
         else [None]
     )
     lr_axis = ck.list_of(matrix["lr"], "matrix.lr", lr_check) if "lr" in matrix else [None]
+    warmup_axis = (
+        ck.list_of(matrix["warmup_frac"], "matrix.warmup_frac", lambda v, f: check_warmup_frac(ck, v, f))
+        if "warmup_frac" in matrix
+        else [None]
+    )
 
     def assignments(combo) -> int:
         count = 1
@@ -191,7 +200,7 @@ def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
             for assignment in itertools.product(*per_tech)
         ]
 
-    def make_cell(workload, combo, assignment, seed, repeat, bs, lr) -> Cell:
+    def make_cell(workload, combo, assignment, seed, repeat, bs, lr, warmup=None) -> Cell:
         options, configs = assignment
         wl = WORKLOADS[workload]
         return Cell(
@@ -215,14 +224,17 @@ def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
             data=spec.data,
             base_dir=spec.base_dir,
             configs=configs,
+            warmup_frac=warmup,
         )
 
     cells: list[Cell] = []
-    for workload, combo, bs, lr in itertools.product(workloads, combos, batch_axis, lr_axis):
+    for workload, combo, bs, lr, warmup in itertools.product(
+        workloads, combos, batch_axis, lr_axis, warmup_axis
+    ):
         for assignment in options_for(combo):
             for seed in seeds:
                 for repeat in range(repeats):
-                    cells.append(make_cell(workload, combo, assignment, seed, repeat, bs, lr))
+                    cells.append(make_cell(workload, combo, assignment, seed, repeat, bs, lr, warmup))
 
     for sel in includes:
         combo = sel.get("techniques", combos[0])
@@ -259,6 +271,31 @@ def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
     if not cells:
         raise ck.fail("matrix", "no cells: every cell was excluded")
     cells = stages.link(cells, ck.fail)  # later pipeline stages name the cells they read
+
+    tuning = spec.tuning
+    if tuning is not None:
+        for tname in tuning.technique_spaces:
+            if tname not in {n for c in cells for n in c.techniques}:
+                raise ck.fail(
+                    f"tuning.search_space.{tname}",
+                    f"technique '{tname}' is in no combination of matrix.techniques",
+                )
+    if tuning is not None and tuning.external:
+        staged = sorted({c.workload for c in cells if c.inputs or WORKLOADS[c.workload].needs})
+        if staged:
+            # each stage's trials would need their own producer trial; not supported yet
+            raise ck.fail(
+                "tuning",
+                f"the external ruleset cannot tune pipeline stages yet ({', '.join(staged)} read an "
+                'earlier stage\'s model): use ruleset = "defaults" for this scenario',
+            )
+        cells = tuning_table.expand(ck, cells, tuning, seeds)
+        if len(cells) > limit:
+            raise ck.fail(
+                "tuning",
+                f"{len(cells):,} trial cells, more than the limit of {limit:,} (trials x studies x "
+                f"configurations); pass --max-cells {len(cells)} to run them all",
+            )
 
     for c in cells:
         cell_view = {**c.view(), "launched": False}
@@ -299,5 +336,11 @@ def expand(spec: ScenarioSpec, max_cells: int | None = None) -> Scenario:
         for c in cells
     ]
     return Scenario(
-        name=name, path=path, text=spec.text, cells=cells, baseline=baseline, description=spec.description
+        name=name,
+        path=path,
+        text=spec.text,
+        cells=cells,
+        baseline=baseline,
+        description=spec.description,
+        ruleset=tuning.ruleset if tuning is not None else "defaults",
     )

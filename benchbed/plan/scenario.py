@@ -27,6 +27,7 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     batch_size = [32, 64]
     lr = [3e-3, 1e-2]
     "lion.lr" = [1e-4, 3e-4]        # a technique option as an axis (cells that use lion)
+    warmup_frac = [0.05, 0.2]       # the run's warm-up fraction of the budget (the workload's otherwise)
 
     [techniques.lion]               # fixed options of a technique
     beta2 = 0.98
@@ -38,6 +39,12 @@ Every mistake in a scenario is reported as one line ``FILE: field: what is wrong
     [[include]]                     # extra cells (fields: techniques, seed, batch_size, lr, workload)
     [[exclude]]                     # drop cells matching every given field
 
+    [tuning]                        # the external tuning ruleset (plan/tuning.py, docs/tuning.md)
+    trials = 4                      # per study; each study uses one seed
+    studies = 3
+    [tuning.search_space.lion]      # replaces lion's declared search space
+    lr = [1e-4, 1e-2]
+
 Limits, each refused with the reason: the file is read only up to `MAX_SCENARIO_BYTES` (a scenario
 is a short text; ``/dev/zero`` is not one); integers must fit TOML's 64 bits and seeds 32 bits (the
 RNGs derive per-rank streams from them); `timeout_s` is at most `MAX_TIMEOUT_S`; no string holds a
@@ -48,7 +55,6 @@ directory under ``results/`` through `slug`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.resources
 import math
 import os
@@ -58,9 +64,10 @@ from typing import Any
 
 import tomllib
 
+from benchbed.plan import tuning as tuning_table
+from benchbed.plan.check import ScenarioError, _Checker, suggest
 from benchbed.plan.profile import read_profile
 from benchbed.text import control_characters
-from benchbed.workloads import WORKLOADS
 from benchbed.workloads.data import KINDS
 
 #: a scenario file is read up to this size and refused above it
@@ -95,6 +102,7 @@ TOP_LEVEL_KEYS = {
     "techniques",
     "include",
     "exclude",
+    "tuning",
     "profile",
     "grid_intensity_g_per_kwh",
 }
@@ -103,20 +111,11 @@ DATA_KEYS = {"kind", "path"}
 SELECT_KEYS = {"techniques", "seed", "batch_size", "lr", "workload"}
 
 
-class ScenarioError(ValueError):
-    """A bad scenario: str(error) is the one line `FILE: field: what is wrong`."""
-
-
 def slug(name: str) -> str:
     """`name` as one directory name under results/: runs of other characters become '_', and
     leading dots and underscores go (no '..', no hidden directory); '' if nothing is left."""
     text = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
     return text[:MAX_SLUG].rstrip("._-")
-
-
-def suggest(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def default_scenario_path(cuda: bool | None = None) -> str:
@@ -143,41 +142,6 @@ def resolve_scenario_path(name: str | None) -> str:
     return name  # load() reports it missing
 
 
-class _Checker:
-    def __init__(self, path: str):
-        self.path = path
-
-    def fail(self, field_name: str, message: str) -> ScenarioError:
-        return ScenarioError(f"{self.path}: {field_name}: {message}")
-
-    def typed(self, value, types, field_name, what):
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-            raise self.fail(field_name, f"expected {what}, got {value!r}")
-        if not isinstance(value, types):
-            raise self.fail(field_name, f"expected {what}, got {type(value).__name__} {value!r}")
-        return value
-
-    def positive(self, value, field_name, integer=False):
-        kinds = int if integer else (int, float)
-        self.typed(value, kinds, field_name, "an integer" if integer else "a number")
-        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise self.fail(field_name, f"must be positive, got {value!r}")
-        return value
-
-    def list_of(self, value, field_name, check):
-        if not isinstance(value, list):
-            value = [value]
-        if not value:
-            raise self.fail(field_name, "empty list: the matrix would have no cells")
-        return [check(v, f"{field_name}[{i}]") for i, v in enumerate(value)]
-
-    def workload_name(self, value, field_name):
-        self.typed(value, str, field_name, "a workload name")
-        if value not in WORKLOADS:
-            raise self.fail(field_name, f"unknown workload '{value}'{suggest(value, WORKLOADS)}")
-        return value
-
-
 @dataclass
 class ScenarioSpec:
     """A scenario file read and checked field by field; `matrix.expand` turns it into cells."""
@@ -202,6 +166,7 @@ class ScenarioSpec:
     data: dict[str, Any]
     matrix: dict[str, Any]
     base_dir: str
+    tuning: tuning_table.Tuning | None = None  # None: no [tuning] table (the defaults ruleset)
     profile: dict[str, Any] = dataclasses.field(default_factory=dict)  # plan/profile.py
     grid_intensity: float | None = None  # gCO2e/kWh for the co2_kg estimate (measure/carbon.py)
 
@@ -251,8 +216,17 @@ def _short(value: int) -> str:
     return text if len(text) <= 24 else f"{text[:6]}...({len(text)} digits)"
 
 
-def read(path: str, device_override: str | None = None, repeats_override: int | None = None) -> ScenarioSpec:
-    """Read a scenario file and check its top-level fields. Raises ScenarioError."""
+def read(
+    path: str,
+    device_override: str | None = None,
+    repeats_override: int | None = None,
+    ruleset_override: str | None = None,
+) -> ScenarioSpec:
+    """Read a scenario file and check its top-level fields. Raises ScenarioError.
+
+    `ruleset_override` (``benchbed run --ruleset``) replaces the [tuning] table's ruleset; when it
+    changes the file's ruleset the scenario's name gets ``-<ruleset>`` so its results do not mix
+    with the file's."""
     ck = _Checker(path)
     text = _read_bounded(path).decode("utf-8", errors="replace")
     try:
@@ -346,6 +320,15 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
     if eval_every is not None:
         ck.positive(eval_every, "eval_every_tokens", integer=True)
 
+    if ruleset_override is not None and ruleset_override not in tuning_table.RULESETS:
+        raise ck.fail("--ruleset", f"'external' or 'defaults', got {ruleset_override!r}")
+    tuning, seeds = tuning_table.read(ck, raw, seeds, "seeds" in raw, repeats, ruleset_override)
+    file_ruleset = (
+        raw["tuning"].get("ruleset", "external") if isinstance(raw.get("tuning"), dict) else "defaults"
+    )
+    if ruleset_override is not None and ruleset_override != file_ruleset:
+        name = f"{name}-{ruleset_override}"
+
     data = raw.get("data", {})
     ck.typed(data, dict, "data", "a table")
     for key in data:
@@ -387,4 +370,12 @@ def read(path: str, device_override: str | None = None, repeats_override: int | 
         data=data,
         matrix=matrix,
         base_dir=os.path.dirname(os.path.abspath(path)),
+        tuning=tuning,
     )
+
+
+def check_warmup_frac(ck: _Checker, value, field_name: str) -> float:
+    ck.typed(value, (int, float), field_name, "a number in [0, 1)")
+    if not 0.0 <= value < 1.0:
+        raise ck.fail(field_name, f"must be in [0, 1), got {value!r}")
+    return float(value)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchbed.analyse import gate, tables
+from benchbed.analyse import gate, tables, tuning
 from benchbed.present import figures
-from benchbed.present.format import MEMORY_UNIT, NOT_MEASURED, format_value, memory_label
+from benchbed.present.format import MEMORY_UNIT, NOT_MEASURED, format_tuned, format_value, memory_label
 from benchbed.results import store
 
 TABLES = ("cells", "curves", "telemetry")
@@ -189,10 +189,15 @@ def filter_cells(
     devices: list[str] | None = None,
     scenarios: list[str] | None = None,
     categories: list[str] | None = None,
+    rulesets: list[str] | None = None,
 ) -> pd.DataFrame:
     """Cells matching every non-empty filter. A technique-category filter keeps a cell when any of its
-    techniques is in a chosen category, and always keeps baseline cells so speedups stay defined."""
+    techniques is in a chosen category, and always keeps baseline cells so speedups stay defined. A
+    ruleset filter treats cells without a ``ruleset`` column as ``defaults``."""
     keep = pd.Series(True, index=cells.index)
+    if rulesets:
+        ruleset = cells["ruleset"].fillna("defaults") if "ruleset" in cells else "defaults"
+        keep &= pd.Series(ruleset, index=cells.index).isin(rulesets)
     for column, chosen in (("workload", workloads), ("device", devices), ("scenario", scenarios)):
         if chosen and column in cells:
             keep &= cells[column].isin(chosen)
@@ -216,6 +221,38 @@ def leaderboard(cells: pd.DataFrame, rank_by: str) -> pd.DataFrame:
 def gate_compare(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> pd.DataFrame:
     """`benchbed.analyse.gate.compare` on two runs' cells: one row per configuration x metric with its verdict."""
     return gate.compare(baseline_cells, candidate_cells)
+
+
+def ruleset_mismatches(baseline_cells: pd.DataFrame, candidate_cells: pd.DataFrame) -> pd.DataFrame:
+    """`benchbed.analyse.tuning.ruleset_mismatches`: configurations not compared because the two runs
+    tuned them under different rulesets."""
+    return tuning.ruleset_mismatches(baseline_cells, candidate_cells)
+
+
+def edge_notes(cells: pd.DataFrame) -> list[str]:
+    """One sentence per tuned dimension whose studies' winners sit at an end of its search range
+    (`benchbed.analyse.tuning.edge_winners`): the range may have been too narrow."""
+    return list(tuning.edge_winners(cells)["note"])
+
+
+def with_ruleset_labels(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with ``variant`` written "lion (external)" when it holds more than one ruleset, so
+    figures never draw a tuned and a defaults configuration as one."""
+    if "ruleset" not in table or "variant" not in table:
+        return table
+    rulesets = table["ruleset"].fillna("defaults")
+    if rulesets.nunique() <= 1:
+        return table
+    return table.assign(variant=table["variant"].astype(str) + " (" + rulesets.astype(str) + ")")
+
+
+def ranked_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells the rankings stand on (`benchbed.analyse.tuning.ranking_cells`): every defaults cell
+    and each tuned study's winning trial, labelled by ruleset when both are loaded. Curves drawn
+    from these show what was ranked, not every trial of a search."""
+    if cells.empty:
+        return cells
+    return with_ruleset_labels(tuning.ranking_cells(cells))
 
 
 # -- display formatting ------------------------------------------------------------------------------
@@ -259,9 +296,11 @@ def _interval_text(value, low, high, column: str, unmeasured: bool) -> str:
 
 
 def leaderboard_display(board: pd.DataFrame, rank_by: str, cells: pd.DataFrame) -> pd.DataFrame:
-    """The statistics module's leaderboard, same rows in the same order, as readable text: the ranked
-    metric first with its confidence interval, then the speedup against the baseline, then the
-    other metrics. Values not measured on these cells say so; targets never reached say so."""
+    """The statistics module's leaderboard, same rows in the same order, as readable text: the
+    configuration and the tuning ruleset its numbers come from, the ranked metric with its
+    confidence interval, then the speedup against the baseline (of the same ruleset), then the
+    other metrics and the tuning cost. Values not measured on these cells say so; targets never
+    reached say so."""
     energy_unmeasured = figures.not_measured_reason(cells, "energy_j") is not None and (
         "energy_source" not in cells or set(cells["energy_source"].dropna()) <= {"unavailable"}
     )
@@ -271,6 +310,7 @@ def leaderboard_display(board: pd.DataFrame, rank_by: str, cells: pd.DataFrame) 
     for column in ("rank", "workload", "device", "scenario", "variant"):
         if column in board and (column != "scenario" or several_scenarios):
             out[column] = board[column]
+    out["ruleset"] = board["ruleset"].fillna("defaults") if "ruleset" in board else "defaults"
     for metric in metrics:
         if metric not in board:
             continue
@@ -312,6 +352,12 @@ def leaderboard_display(board: pd.DataFrame, rank_by: str, cells: pd.DataFrame) 
         out["best val loss"] = [format_value(v, "best_val_loss") for v in board["best_val_loss"]]
     if "status_counts" in board:
         out["status"] = board["status_counts"]
+    if "n_trials" in board:
+        out["trials"] = [format_value(v, "n_trials", missing=NOT_MEASURED) for v in board["n_trials"]]
+        for column, label in (("tuning_cost_s", "tuning time (s)"), ("tuning_cost_j", "tuning energy (J)")):
+            out[label] = [format_value(v, column, missing=NOT_MEASURED) for v in board[column]]
+    if "winners_json" in board and board["winners_json"].fillna("").astype(str).str.len().gt(0).any():
+        out["tuned values (study winners)"] = [format_tuned(v) for v in board["winners_json"]]
     return out.reset_index(drop=True)
 
 

@@ -21,10 +21,14 @@ The rule, first match wins:
   joules; tables label it), no unit written: from 1000 on thousands separators and no decimals
   ("192,000"), below that 4 significant digits ("12.35", "0.0123").
 - anything else: ``str(value)``.
+
+``format_tuned`` writes the tuned values of a configuration's study winners (the leaderboard's
+``winners_json``) with the same rule.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 
@@ -80,3 +84,16 @@ def format_value(value, column: str = "", *, missing: str | None = None) -> str:
             return f"{value:,.0f}"
         return f"{value:.4g}"
     return str(value)
+
+
+def format_tuned(winners_json) -> str:
+    """Each study's winning values from ``winners_json`` (``{study: {name: value}}``), as
+    "study 0: lion.lr=0.003; study 1: lion.lr=0.0041"; '' when there are none (defaults)."""
+    if is_missing(winners_json) or not str(winners_json).strip():
+        return ""
+    studies = json.loads(winners_json)
+    parts = []
+    for study, values in studies.items():
+        text = ", ".join(f"{name}={format_value(value, name)}" for name, value in values.items())
+        parts.append(f"study {study}: {text or 'nothing tuned'}")
+    return "; ".join(parts)

@@ -32,6 +32,7 @@ from benchbed.analyse.gate import (
     load_cells,
     unmatched,
 )
+from benchbed.analyse.tuning import ranking_cells, ruleset_mismatches
 from benchbed.present.format import NOT_MEASURED, format_value
 from benchbed.text import printable
 
@@ -79,8 +80,8 @@ def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = 
         )
     lines += [
         "",
-        "| workload | device | variant | metric | baseline | candidate | ratio | p | verdict | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | device | variant | ruleset | metric | baseline | candidate | ratio | p | verdict | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {verdict: i for i, verdict in enumerate(VERDICTS)}
     ordered = comparison.assign(_order=comparison["verdict"].map(order)).sort_values(
@@ -93,7 +94,7 @@ def to_markdown(comparison: pd.DataFrame, *, strict: bool = False, title: str = 
         note = markdown_text(row.note)
         workload, device, variant = (markdown_text(v) for v in (row.workload, row.device, row.variant))
         lines.append(
-            f"| {workload} | {device} | {variant} | {row.metric} | "
+            f"| {workload} | {device} | {variant} | {markdown_text(row.ruleset)} | {row.metric} | "
             f"{_format_value(row.baseline_value, row.metric)} | {_format_value(row.candidate_value, row.metric)} | "
             f"{ratio} | {p_value} | {verdict} | {note} |"
         )
@@ -156,7 +157,7 @@ def to_benchmark_action(comparison: pd.DataFrame) -> list[dict]:
             continue
         entries.append(
             {
-                "name": f"{row.workload}/{row.device}/{row.variant} {row.metric}",
+                "name": f"{row.workload}/{row.device}/{row.variant} ({row.ruleset}) {row.metric}",
                 "unit": BENCHMARK_UNITS[row.metric],
                 "value": value,
                 "extra": f"baseline {_format_value(row.baseline_value, row.metric)}; verdict {row.verdict}",
@@ -288,10 +289,17 @@ def run_gate(
             if not (value >= 0 and math.isfinite(value)):
                 raise GateInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
         missing = unmatched(baseline_cells, candidate_cells)
-        if set(baseline_cells["config_key"].dropna()) <= set(missing["baseline_only"]):
+        mismatched = ruleset_mismatches(baseline_cells, candidate_cells)
+        if set(ranking_cells(baseline_cells)["config_key"].dropna()) <= set(missing["baseline_only"]):
+            why = (
+                f"; {len(mismatched)} ran under a different tuning ruleset on each side "
+                "(defaults and external are never compared)"
+                if len(mismatched)
+                else ""
+            )
             raise GateInputError(
                 f"{candidate_dir}: no cells in common with {baseline_dir} "
-                "(matched by config_key on the same host kind: GPU name or CPU model)"
+                f"(matched by config_key on the same host kind: GPU name or CPU model){why}"
             )
         comparison = compare(
             baseline_cells,
@@ -308,6 +316,7 @@ def run_gate(
             f"\nNot compared: {len(missing['candidate_only'])} configuration(s) only in the candidate, "
             f"{len(missing['other_host_kind'])} run on different host kinds (GPU name / CPU model).\n"
         )
+    markdown += ruleset_note(mismatched)
     outputs = []
     if args.markdown:
         outputs.append(("--markdown", args.markdown, markdown))
@@ -317,6 +326,7 @@ def run_gate(
             "candidate_dir": str(candidate_dir),
             "thresholds": thresholds,
             "unmatched": missing,
+            "ruleset_mismatches": mismatched.to_dict(orient="records"),
         }
         report = to_json(comparison, strict=args.strict, extra=extra)
         outputs.append(("--json", args.json, json.dumps(report, indent=2, default=str) + "\n"))
@@ -331,6 +341,24 @@ def run_gate(
     if not args.markdown:
         print(markdown, end="")
     return 1 if failed(comparison, strict=args.strict) else 0
+
+
+def ruleset_note(mismatched: pd.DataFrame) -> str:
+    """Markdown naming the configurations not compared because their tuning rulesets differ."""
+    if mismatched.empty:
+        return ""
+    lines = [
+        "",
+        f"Not compared, tuning rulesets differ ({len(mismatched)}): a `defaults` number is never "
+        "compared with an `external` (tuned) one.",
+        "",
+    ]
+    for row in mismatched.itertuples(index=False):
+        lines.append(
+            f"- {markdown_text(row.workload)} | {markdown_text(row.device)} | {markdown_text(row.variant)}: "
+            f"baseline {markdown_text(row.baseline_ruleset)}, candidate {markdown_text(row.candidate_ruleset)}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,13 @@
 
 One row per combination in ``benchbed.analyse.tables.leaderboard`` order, ranked by ``rank_by``
 (time to target by default; any of ``benchbed.analyse.tables.METRICS``, e.g. the memory columns
-``saved_activation_bytes`` or ``optimizer_state_bytes``, which then get a column of their own); every
-value is written by ``benchbed.present.format.format_value`` (times in seconds, energy in joules,
-memory in GiB). A combination that ran a precision its CPU only emulates says so after its name.
+``saved_activation_bytes`` or ``optimizer_state_bytes``, which then get a column of their own), each
+labelled with the tuning ruleset that produced it (``external``: median over studies of each study's
+best trial; ``defaults``: median over seeds at paper defaults) and its tuning cost (trials run, and
+the sums of their training time and energy); below the table, the values each study's winning trial
+was tuned to. Every value is written by ``benchbed.present.format`` (times in seconds, energy in
+joules, memory in GiB). A combination that ran a precision its CPU only emulates says so after
+its name.
 """
 
 from __future__ import annotations
@@ -14,20 +18,32 @@ from rich.table import Table
 from rich.text import Text
 
 from benchbed.analyse.tables import leaderboard
+from benchbed.analyse.tuning import edge_winners
 from benchbed.present.figures.common import METRICS as LABELS
-from benchbed.present.format import NOT_MEASURED, format_value, memory_label
+from benchbed.present.format import NOT_MEASURED, format_tuned, format_value, memory_label
 
 #: heading -> leaderboard column shown under it (None: built from several columns)
 COLUMNS = {
     "rank": None,
     "variant": None,
+    "ruleset": None,
     "reached": None,
     "time to target (s)": "time_to_target_s",
     "tokens to target": "tokens_to_target",
     "energy to target (J)": "energy_to_target_j",
     "peak mem": "peak_mem_bytes",
+    "trials": None,
+    "tuning time (s)": "tuning_cost_s",
+    "tuning energy (J)": "tuning_cost_j",
     "statuses": None,
 }
+
+CAPTION = (
+    "ruleset external: median over studies of each study's best trial (by time to target); "
+    "defaults: median over seeds at paper defaults. A combination reaches only when more than half "
+    "of its studies (seeds) reached; otherwise it ranks last. Tuning time and energy: sums over every "
+    "trial run for the row."
+)
 
 
 def emulated_labels(cells) -> dict[str, str]:
@@ -42,23 +58,21 @@ def emulated_labels(cells) -> dict[str, str]:
 
 
 def columns_for(rank_by: str) -> dict[str, str | None]:
-    """The table's headings: the default ones, plus the ranked metric when it is not among them."""
+    """The table's headings: the default ones, plus the ranked metric (after "reached") when it is
+    not among them."""
     if rank_by in COLUMNS.values():
         return dict(COLUMNS)
     label = memory_label(LABELS[rank_by][0]) if rank_by in LABELS else rank_by
     items = list(COLUMNS.items())
-    return dict(items[:3] + [(label, rank_by)] + items[3:])
+    after = list(COLUMNS).index("reached") + 1
+    return dict(items[:after] + [(label, rank_by)] + items[after:])
 
 
 def print_ranked_table(cells, title: str, rank_by: str = "time_to_target_s") -> None:
     board = leaderboard(cells, rank_by)
     headings = columns_for(rank_by)
     emulated = emulated_labels(cells)
-    table = Table(
-        title=title,
-        caption=f"ranked by {rank_by}; median over seeds and repeats; "
-        "a combination where fewer than half its cells reached ranks last",
-    )
+    table = Table(title=title, caption=f"ranked by {rank_by}; {CAPTION}")
     for heading in headings:
         left = heading in ("variant", "statuses")
         widest = (
@@ -69,12 +83,29 @@ def print_ranked_table(cells, title: str, rank_by: str = "time_to_target_s") -> 
         table.add_column(heading, justify="left" if left else "right", no_wrap=True, min_width=widest)
     for _, r in board.iterrows():
         # a target never reached is +inf in the leaderboard: a gap there is "not measured"
-        values = [format_value(r.get(c), c, missing=NOT_MEASURED) for c in headings.values() if c is not None]
+        built = {
+            "rank": str(r["rank"]),
+            "variant": Text(str(r["variant"]) + emulated.get(r["variant"], "")),  # Text: not rich markup
+            "ruleset": str(r.get("ruleset") or "defaults"),
+            "reached": f"{r['n_reached']}/{r['n_cells']}",
+            "trials": format_value(r.get("n_trials"), "n_trials", missing=NOT_MEASURED),
+            "statuses": str(r.get("status_counts", "")),
+        }
         table.add_row(
-            str(r["rank"]),
-            Text(str(r["variant"]) + emulated.get(r["variant"], "")),  # Text: "[rule=sqrt]" is not markup
-            f"{r['n_reached']}/{r['n_cells']}",
-            *values,
-            str(r.get("status_counts", "")),
+            *(
+                built[heading]
+                if column is None
+                else format_value(r.get(column), column, missing=NOT_MEASURED)
+                for heading, column in headings.items()
+            )
         )
-    Console(width=max(160, Console().width)).print(table)
+    console = Console(width=max(220, Console().width))
+    console.print(table)
+    tuned = [(r["variant"], format_tuned(r.get("winners_json"))) for _, r in board.iterrows()]
+    tuned = [(variant, text) for variant, text in tuned if text]
+    if tuned:
+        console.print("tuned values of each study's winning trial (ruleset external):")
+        for variant, text in tuned:
+            console.print(Text(f"  {variant}: {text}"))
+    for note in edge_winners(cells)["note"]:
+        console.print(Text(f"note: {note}"))

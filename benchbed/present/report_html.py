@@ -20,10 +20,14 @@ from benchbed.present import figures
 from benchbed.present.display import (
     cell_labels,
     display_table,
+    edge_notes,
     gate_compare,
     leaderboard,
     leaderboard_display,
     load_for_display,
+    ranked_cells,
+    ruleset_mismatches,
+    with_ruleset_labels,
 )
 
 CSS = """
@@ -45,6 +49,14 @@ REPORT_RANKINGS = {
     "time_to_target_s": "time to target",
     "energy_to_target_j": "energy to target",
 }
+
+RULESET_NOTE = (
+    "Every row names the tuning ruleset its numbers come from. external: each configuration was tuned "
+    "in several studies of quasi-random trials; a study's number is its best trial's, the row the "
+    "median over studies, and the tuning time and energy the sums over all its trials. defaults: one "
+    "run per seed at the paper defaults, median over seeds. A row reaches only when more than half of "
+    "its studies (seeds) reached; speedups compare rows of the same ruleset only."
+)
 
 TELEMETRY_CELLS_IN_REPORT = 6
 CURVE_VARIANTS_IN_REPORT = 8
@@ -125,7 +137,12 @@ def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, li
     cells = loaded.cells
     if len(cells):
         page.heading("Leaderboard")
+        page.note(RULESET_NOTE)
+        for note in edge_notes(cells):
+            page.note(f"Search range: {note}.")
         time_board = _leaderboard_sections(page, cells)
+        if time_board is not None:
+            time_board = with_ruleset_labels(time_board)
         order = list(dict.fromkeys(time_board["variant"].astype(str))) if time_board is not None else []
         variants = (
             order[:CURVE_VARIANTS_IN_REPORT]
@@ -134,7 +151,7 @@ def build_html(dirs: list[str], title: str = "benchbed report") -> tuple[str, li
 
         page.heading("Curves")
         for axis in figures.CURVE_AXES:
-            page.figure(figures.curves_figure(loaded.curves, cells, x=axis, variants=variants))
+            page.figure(figures.curves_figure(loaded.curves, ranked_cells(cells), x=axis, variants=variants))
 
         page.heading("Pareto fronts")
         if time_board is None:
@@ -171,11 +188,19 @@ def _compare_section(page: _Page, cells: pd.DataFrame, runs: pd.DataFrame) -> No
     baseline_id, candidate_id = str(runs["run_id"].iloc[0]), str(runs["run_id"].iloc[-1])
     page.note(f"baseline run {baseline_id} against candidate run {candidate_id}")
     run_ids = cells["run_id"].astype(str)
+    base, cand = cells[run_ids == baseline_id], cells[run_ids == candidate_id]
     try:
-        verdicts = gate_compare(cells[run_ids == baseline_id], cells[run_ids == candidate_id])
+        verdicts = gate_compare(base, cand)
     except ValueError as exc:  # the gate names the missing column
         page.error(f"compare: {exc}")
         return
+    mismatched = ruleset_mismatches(base, cand)
+    if len(mismatched):
+        page.note(
+            f"{len(mismatched)} configuration(s) ran under a different tuning ruleset in each run and are "
+            "not compared (a defaults number is never compared with an external one)"
+        )
+        page.table(mismatched)
     page.table(display_table(verdicts, cells))
 
 

@@ -55,7 +55,7 @@ CELL_COLUMNS: list[Column] = [
         """
         run_id  str  id of the run (one per results directory)
         cell_id  str  unique id of the cell: workload, variant, seed, repeat, config hash
-        config_key  str  hash of everything but seed and repeat: match cells across runs by it
+        config_key  str  hash of everything but seed and repeat (a trial's tuned values included): match cells across runs by it
         variant  str  readable label of the configuration (techniques with options, bs=, lr=)
         scenario  str  scenario name
         workload  str  workload name
@@ -72,6 +72,11 @@ CELL_COLUMNS: list[Column] = [
         is_baseline  bool  this cell's configuration is the baseline
         target_loss  float  target on the workload's evaluation metric
         config_json  str  everything that defines the configuration (JSON)
+        ruleset  str  tuning ruleset that produced the cell: external (a trial of a tuning study) or defaults
+        study  int  study index of an external trial (each study has its own seed); NaN under defaults
+        trial  int  trial index within its study; NaN under defaults
+        tuning_key  str  hash of the configuration without tuned values: groups a tuned configuration's trials and studies (= config_key under defaults)
+        tuned_json  str  the values the tuner set for this trial, e.g. {"lion.lr": 0.003} (JSON); None under defaults
         """,
     ),
     *_columns(

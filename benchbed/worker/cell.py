@@ -115,6 +115,7 @@ def cell_run_settings(cell: Cell, workload, device: torch.device):
         seed=cell.seed,
         batch_size=cell.batch_size,
         lr=cell.lr,
+        warmup_frac=workload.warmup_frac if cell.warmup_frac is None else cell.warmup_frac,
         budget_tokens=cell.budget_tokens,
         budget_steps=cell.budget_steps,
         budget_seconds=cell.budget_seconds,

@@ -31,6 +31,13 @@ def cached_compare(dirs: tuple[str, ...], stamp: tuple, filters: tuple, base_run
     return display.gate_compare(cells[run_ids == base_run], cells[run_ids == cand_run])
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_mismatches(dirs: tuple[str, ...], stamp: tuple, filters: tuple, base_run: str, cand_run: str):
+    cells = filtered_cells(load(dirs, stamp).cells, ((), *filters[1:]))
+    run_ids = cells["run_id"].astype(str)
+    return display.ruleset_mismatches(cells[run_ids == base_run], cells[run_ids == cand_run])
+
+
 def _colour_verdicts(frame: pd.DataFrame):
     def colour(value):
         background = VERDICT_COLOURS.get(str(value), "")
@@ -59,6 +66,13 @@ def render(ctx: ViewContext) -> None:
     except ValueError as exc:  # the gate names the missing column
         st.error(f"compare: {exc}")
         return
+    mismatched = cached_mismatches(ctx.dirs, ctx.stamp, ctx.filters, base_run, cand_run)
+    if len(mismatched):
+        st.warning(
+            f"{len(mismatched)} configuration(s) ran under a different tuning ruleset in each run and are "
+            "not compared (a defaults number is never compared with an external one)."
+        )
+        st.dataframe(mismatched, hide_index=True, key="compare_ruleset_mismatches")
     if table.empty:
         st.info("These runs have no configuration in common (cells are matched by config_key).")
         return
@@ -67,9 +81,17 @@ def render(ctx: ViewContext) -> None:
     for column, verdict in zip(columns, VERDICT_COLOURS, strict=True):
         column.metric(verdict.replace("_", " "), int(counts.get(verdict, 0)))
     per_cell = table.pivot_table(
-        index=["workload", "variant"], columns="metric", values="verdict", aggfunc="first"
+        index=["workload", "variant", "ruleset"], columns="metric", values="verdict", aggfunc="first"
     ).reset_index()
-    first = ["workload", "variant", "reached", "time_to_target_s", "energy_to_target_j", "peak_mem_bytes"]
+    first = [
+        "workload",
+        "variant",
+        "ruleset",
+        "reached",
+        "time_to_target_s",
+        "energy_to_target_j",
+        "peak_mem_bytes",
+    ]
     per_cell = per_cell[[c for c in first if c in per_cell] + [c for c in per_cell if c not in first]]
     st.caption("Verdict of benchbed gate per configuration and metric (the CI gate's own verdicts).")
     st.dataframe(_colour_verdicts(per_cell), hide_index=True, key="compare_verdicts")

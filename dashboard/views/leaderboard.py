@@ -49,10 +49,15 @@ def render(ctx: ViewContext) -> None:
     board = cached_leaderboard(ctx.dirs, ctx.stamp, ctx.filters, rank_by)
     st.caption(
         "Order and confidence intervals from benchbed.analyse; a target never reached ranks as infinitely "
-        "slow; 'not measured' means this machine could not measure the metric."
+        "slow; 'not measured' means this machine could not measure the metric. Every row names its tuning "
+        "ruleset: external = median over studies of each study's best trial (tuning time and energy: the "
+        "sum over all its trials), defaults = median over seeds at paper defaults. A row reaches only when "
+        "more than half of its studies (seeds) reached; speedups compare rows of the same ruleset only."
     )
     table = cached_leaderboard_table(ctx.dirs, ctx.stamp, ctx.filters, rank_by)
     st.dataframe(table, hide_index=True, key="leaderboard_table")
+    for note in display.edge_notes(cells):
+        st.warning(f"Search range: {note}.")
     for metric, (label, _) in figures.METRICS.items():
         why = figures.not_measured_reason(cells, metric)
         if metric != rank_by and why and why.startswith("not measured"):
@@ -81,9 +86,11 @@ def leaderboard_plot_columns(board: pd.DataFrame, rank_by: str):
     several_scenarios = "scenario" in board and board["scenario"].nunique() > 1
     parts = [
         c
-        for c in ("workload", "scenario", "variant")
+        for c in ("workload", "scenario", "variant", "ruleset")
         if c in board and (c != "scenario" or several_scenarios)
     ]
+    if "ruleset" in labelled:
+        labelled["ruleset"] = labelled["ruleset"].fillna("defaults")
     labelled["__row_label"] = labelled[parts].astype(str).agg(" · ".join, axis=1) if parts else labelled.index
     if "is_baseline" in labelled:
         labelled["__is_baseline"] = labelled["is_baseline"].fillna(False).astype(bool)

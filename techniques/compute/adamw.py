@@ -15,6 +15,7 @@ import torch
 
 from benchbed.techniques.base import Technique, register
 from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
+from benchbed.techniques.search_space import LogUniform, Uniform
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class AdamW(Technique):
     paper = "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization"
     Config = AdamWConfig
     provides_optimizer = True
+    search_space = {
+        "lr": LogUniform(3e-4, 3e-2),
+        "beta2": Uniform(0.9, 0.999),
+        "weight_decay": LogUniform(1e-3, 0.5),
+    }
 
     def build_optimizer(self, params, ctx):
         c = self.config

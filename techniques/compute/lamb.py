@@ -21,6 +21,7 @@ import torch
 
 from benchbed.techniques.base import Technique, register
 from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
+from benchbed.techniques.search_space import LogUniform, Uniform
 
 
 class LAMBOptimizer(torch.optim.Optimizer):
@@ -85,6 +86,11 @@ class LAMB(Technique):
     paper = "You et al. 2020, Large Batch Optimization for Deep Learning: Training BERT in 76 minutes"
     Config = LAMBConfig
     provides_optimizer = True
+    search_space = {
+        "lr": LogUniform(1e-3, 1e-1),
+        "beta2": Uniform(0.9, 0.999),
+        "weight_decay": LogUniform(1e-3, 0.5),
+    }
 
     def build_optimizer(self, params, ctx):
         c = self.config

@@ -30,6 +30,7 @@ import torch
 
 from benchbed.techniques.base import Technique, register
 from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
+from benchbed.techniques.search_space import LogUniform, Uniform
 
 
 class LARSOptimizer(torch.optim.Optimizer):
@@ -100,6 +101,12 @@ class LARS(Technique):
     paper = "You, Gitman & Ginsburg 2017, Large Batch Training of Convolutional Networks"
     Config = LARSConfig
     provides_optimizer = True
+    # lr and eta multiply on adapted tensors; lr alone sets the step of biases and gains
+    search_space = {
+        "lr": LogUniform(0.1, 30.0),
+        "trust_coefficient": LogUniform(1e-4, 1e-2),
+        "momentum": Uniform(0.8, 0.95),
+    }
 
     def build_optimizer(self, params, ctx):
         c = self.config

@@ -20,6 +20,7 @@ import torch
 
 from benchbed.techniques.base import Technique, register
 from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
+from benchbed.techniques.search_space import LogUniform, Uniform
 
 
 class LionOptimizer(torch.optim.Optimizer):
@@ -77,6 +78,12 @@ class Lion(Technique):
     paper = "Chen et al. 2023, Symbolic Discovery of Optimization Algorithms"
     Config = LionConfig
     provides_optimizer = True
+    # the paper: lr 3-10x below AdamW's, weight decay 3-10x above, beta2 0.99 (0.98 for stability)
+    search_space = {
+        "lr": LogUniform(3e-5, 1e-2),
+        "beta2": Uniform(0.95, 0.999),
+        "weight_decay": LogUniform(1e-2, 3.0),
+    }
 
     def build_optimizer(self, params, ctx):
         c = self.config

@@ -19,6 +19,7 @@ import torch
 
 from benchbed.techniques.base import Technique, register
 from benchbed.techniques.compute._optim import check_optimizer_options, decay_groups, resolve_hyperparameters
+from benchbed.techniques.search_space import LogUniform, Uniform
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Nesterov(Technique):
     paper = "Sutskever et al. 2013, On the importance of initialization and momentum in deep learning"
     Config = NesterovConfig
     provides_optimizer = True
+    search_space = {"lr": LogUniform(1e-2, 3.0), "momentum": Uniform(0.8, 0.98)}
 
     def build_optimizer(self, params, ctx):
         c = self.config

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from benchbed.techniques.base import Technique, register
+from benchbed.techniques.search_space import LogUniform
 
 
 @torch.no_grad()
@@ -73,6 +74,7 @@ class SAM(Technique):
     category = "compute/optimizer"
     paper = "Foret et al. 2021, Sharpness-Aware Minimization for Efficiently Improving Generalization"
     Config = SAMConfig
+    search_space = {"rho": LogUniform(0.01, 0.3)}  # the paper's grid: 0.01 ... 0.5
 
     def train_step(self, ctx, batch, step, inner):
         c = self.config

@@ -63,6 +63,13 @@ class FusedOptimizer(Technique):
     Config = FusedOptimizerConfig
     provides_optimizer = True
 
+    @classmethod
+    def declared_space(cls, config):
+        """The space of the optimizer it fuses (the `adamw` or the `lion` technique's)."""
+        from benchbed.techniques.base import REGISTRY
+
+        return dict(REGISTRY[config.algorithm].search_space)
+
     def validate(self, cell):
         if self.config.backend != "cuda":
             return
