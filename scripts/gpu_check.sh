@@ -190,7 +190,8 @@ failed = cells[cells["status"].isin(["error", "timeout", "oom"])]
 for _, row in failed.iterrows():
     print(f"{row['status']} in {row['variant']}: {str(row.get('error'))[-600:]}")
 # on a GPU every cell is forked by the fork server (run/zygote.py), not a plain-subprocess fallback
-unforked = cells[cells["launcher"] != "fork"] if scenario.device == "cuda" else cells.iloc[:0]
+on_gpu = any(c.device == "cuda" for c in scenario.cells)
+unforked = cells[cells["launcher"] != "fork"] if on_gpu else cells.iloc[:0]
 for _, row in unforked.iterrows():
     print(f"not forked: {row['variant']} ran with launcher {row['launcher']!r}")
 sys.exit(1 if len(failed) or len(unforked) else 0)
