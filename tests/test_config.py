@@ -166,7 +166,9 @@ def test_cli_bad_scenario_exits_2_with_one_line_and_writes_nothing(tmp_path):
 def test_shipped_default_scenario_is_valid():
     sc = plan.load(plan.default_scenario_path(cuda=False))
     combos = {c.techniques_label for c in sc.cells}
-    assert len(combos) >= 3 and len({c.seed for c in sc.cells}) >= 2
+    # three combinations, one seed: six cells took 227 s on a quiet 2-core AVX2-only CPU (over 3 min)
+    assert len(combos) >= 3 and len(sc.cells) == len(combos)
+    assert all(c.stop_at_target and c.threads == 1 for c in sc.cells)
     assert sc.baseline == "adamw"
 
 
